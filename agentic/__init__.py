@@ -1,0 +1,1 @@
+"""Agentic RL for language models on JAX: environments, actors, learner."""

@@ -1,0 +1,76 @@
+"""Registry of env kinds by name, each with its resource spec.
+
+Adding an env is one file plus one `register(...)` line in its package's
+`__init__.py`; `envs/__init__.py` imports every package so that
+`import envs` registers them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+from agentic.env.protocol import Env
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EnvSpec:
+    """How to build an env kind and what it may use.
+
+    Attributes:
+        name: registry key, e.g. "search_r1".
+        factory: builds one `Env` per episode from keyword arguments (the env
+            kind's config, JSON-serializable).
+        max_sessions: concurrent episodes one env host admits for this kind.
+        step_deadline_s: a step slower than this is failed with DEADLINE_EXCEEDED
+            and its worker recycled.
+        memory_mb: memory hint per worker process.
+        description: one line for `--help` and error messages.
+    """
+
+    name: str
+    factory: Callable[..., Env]
+    max_sessions: int = 1024
+    step_deadline_s: float = 30.0
+    memory_mb: int = 1024
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"env name {self.name!r} must be non-empty [A-Za-z0-9_-]")
+        if self.max_sessions < 1:
+            raise ValueError(f"env {self.name!r}: max_sessions must be >= 1, got {self.max_sessions}")
+        if self.step_deadline_s <= 0:
+            raise ValueError(f"env {self.name!r}: step_deadline_s must be > 0, got {self.step_deadline_s}")
+
+
+_REGISTRY: dict[str, EnvSpec] = {}
+
+
+def register(spec: EnvSpec) -> EnvSpec:
+    """Registers an env kind; re-registering the same name is an error."""
+    existing = _REGISTRY.get(spec.name)
+    if existing is not None and existing.factory is not spec.factory:
+        raise ValueError(f"env {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> EnvSpec:
+    """Returns the spec of a registered env, importing `envs` on first use."""
+    if name not in _REGISTRY:
+        import envs  # noqa: F401  (registers the bundled envs)
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown env {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def make(name: str, **kwargs: Any) -> Env:
+    """Builds one episode of env `name`."""
+    return get_spec(name).factory(**kwargs)
+
+
+def names() -> list[str]:
+    import envs  # noqa: F401
+    return sorted(_REGISTRY)

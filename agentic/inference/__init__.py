@@ -1,0 +1,11 @@
+"""Generator protocol, embedded JAX engine, SGLang client and compatible server."""
+
+from agentic.inference.protocol import (
+    Completion,
+    GenerateRequest,
+    Generator,
+    GeneratorError,
+    SamplingParams,
+)
+
+__all__ = ["Completion", "GenerateRequest", "Generator", "GeneratorError", "SamplingParams"]

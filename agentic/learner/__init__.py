@@ -1,0 +1,1 @@
+"""Losses, advantages, train step, sharding rules, checkpoints."""

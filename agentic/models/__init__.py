@@ -1,0 +1,1 @@
+"""Flax causal LMs (Llama / Qwen2 family), loading, export, tokenizers."""

@@ -1,0 +1,1 @@
+"""Multi-turn agent loop (token in, token out) and actors."""

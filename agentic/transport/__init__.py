@@ -1,0 +1,1 @@
+"""Trajectory queue between actors and learner (gRPC and in-process)."""

@@ -1,0 +1,1 @@
+"""Concrete environments. Importing this package registers every bundled env."""
