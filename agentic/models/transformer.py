@@ -160,7 +160,6 @@ class Attention(nn.Module):
             k, v = ck, cv
 
         B, T = q.shape[:2]
-        S = k.shape[1]
         G = H // KVH
         dt = _dt(c.dtype)
         qg = q.reshape(B, T, KVH, G, Dh).astype(dt)

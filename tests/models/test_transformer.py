@@ -27,7 +27,7 @@ def _randomize_jit(params, key, scale):
     leaves, tree = jax.tree.flatten(params)
     keys = jax.random.split(key, len(leaves))
     return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                     for x, k in zip(leaves, keys)])
+                                     for x, k in zip(leaves, keys, strict=True)])
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -93,7 +93,7 @@ def test_token_logprobs_equals_log_softmax(name):
         return jnp.take_along_axis(jax.nn.log_softmax(lg, -1), targets[..., None], -1).sum()
 
     g1, g2 = jax.jit(jax.grad(loss_chunked))(params), jax.jit(jax.grad(loss_full))(params)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
 
 
@@ -120,7 +120,7 @@ def test_param_logical_axes_match_params(name):
     is_t = lambda x: isinstance(x, tuple)  # noqa: E731
     assert jax.tree.structure(axes, is_leaf=is_t) == jax.tree.structure(params)
     allowed = {"vocab", "embed", "heads", "kv_heads", "head_dim", "mlp", "layers", None}
-    for ax, p in zip(jax.tree.leaves(axes, is_leaf=is_t), jax.tree.leaves(params)):
+    for ax, p in zip(jax.tree.leaves(axes, is_leaf=is_t), jax.tree.leaves(params), strict=True):
         assert len(ax) == p.ndim and set(ax) <= allowed
     assert axes["layers"]["self_attn"]["q_proj"]["kernel"] == ("layers", "embed", "heads", "head_dim")
     assert params["layers"]["self_attn"]["q_proj"]["kernel"].shape[0] == cfg.num_layers
