@@ -1,0 +1,432 @@
+"""The trajectory queue over gRPC: a server hosting an `InProcessTrajectoryQueue`, and a client.
+
+The learner host runs `TrajectoryQueueServer` (the learner itself uses `server.queue`
+in process); actors anywhere use `GrpcTrajectoryQueue(address)`, which implements the
+same `TrajectoryQueue` interface, so actor code is identical in one process or many:
+
+    server = TrajectoryQueueServer(InProcessTrajectoryQueue(QueueConfig(max_lag=2))).start()
+    actor_queue = GrpcTrajectoryQueue(server.address)       # on an actor host
+    await actor_queue.aput(group, timeout=30.0)              # False: still full at timeout
+    groups = server.queue.get(num_groups=16, timeout=60.0)   # on the learner
+
+Backpressure crosses the wire as waiting: PutGroup waits on the server while the queue
+is full, up to the request's `timeout_s` (bounded by the call's deadline), then answers
+`accepted=false`. Messages are protobuf (`proto/trajectory_queue.proto`): per-token arrays
+as packed bytes, never pickle. Errors map to typed exceptions: INVALID_ARGUMENT ->
+ValueError naming the field, FAILED_PRECONDITION -> QueueClosed, UNAVAILABLE and other
+transport failures -> QueueUnavailable. Delivery is at most once: the queue lives in the
+server's memory, so a restarted server starts empty, and a GetGroups reply lost with
+its connection loses its groups.
+
+Standalone server: `python -m agentic.transport.grpc_queue --port 50060 --capacity-groups 64`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import grpc
+
+from agentic.rollout.trajectory import Trajectory
+from agentic.transport import codec
+from agentic.transport.proto import trajectory_queue_pb2 as pb
+from agentic.transport.proto import trajectory_queue_pb2_grpc as pb_grpc
+from agentic.transport.queue import (
+    Group,
+    InProcessTrajectoryQueue,
+    QueueClosed,
+    QueueConfig,
+    QueueError,
+    QueueUnavailable,
+    TrajectoryQueue,
+    validate_group,
+)
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+_UNLIMITED = -1
+
+# Long blocking calls (a learner waiting in GetGroups) see no data for a while: keepalive
+# pings detect a dead peer, and the server must accept them without a call in flight.
+_CLIENT_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Reconnect quickly after a server restart.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+_SERVER_KEEPALIVE = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+
+
+def _wait_bound(request, context) -> float | None:
+    """Seconds a blocking RPC may wait: its `timeout_s`, kept inside the call's deadline."""
+    timeout = request.timeout_s if request.HasField("timeout_s") else None
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout_s={timeout} must be >= 0")
+    remaining = context.time_remaining()
+    if remaining is not None:  # answer before the deadline, or the reply is lost
+        bound = max(0.0, remaining - min(0.5, 0.1 * remaining))
+        timeout = bound if timeout is None else min(timeout, bound)
+    return timeout
+
+
+class _Servicer(pb_grpc.TrajectoryQueueServicer):
+    def __init__(self, queue: InProcessTrajectoryQueue):
+        self.queue = queue
+
+    async def _abort(self, context, err: Exception, method: str):
+        if isinstance(err, QueueClosed):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"{method}: {err}")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{method}: {err}")
+
+    async def PutGroup(self, request, context):
+        try:
+            group = codec.group_from_proto(request.group)
+            accepted = await self.queue.aput(group, _wait_bound(request, context))
+        except (ValueError, QueueClosed) as err:
+            await self._abort(context, err, "PutGroup")
+        return pb.PutGroupResponse(accepted=accepted)
+
+    async def GetGroups(self, request, context):
+        try:
+            groups = await self.queue.aget(request.num_groups, _wait_bound(request, context))
+        except (ValueError, QueueClosed) as err:
+            await self._abort(context, err, "GetGroups")
+        return pb.GetGroupsResponse(groups=[codec.group_to_proto(g) for g in groups])
+
+    async def SetVersion(self, request, context):
+        try:
+            self.queue.set_learner_version(request.version)
+        except ValueError as err:
+            await self._abort(context, err, "SetVersion")
+        return pb.SetVersionResponse()
+
+    async def Stats(self, request, context):
+        stats = self.queue.stats()
+        return pb.StatsResponse(
+            counts={k: v for k, v in stats.items() if not k.endswith("_s")},
+            seconds={k: v for k, v in stats.items() if k.endswith("_s")},
+        )
+
+    async def Close(self, request, context):
+        self.queue.close()
+        return pb.CloseResponse()
+
+
+class TrajectoryQueueServer:
+    """Serves an `InProcessTrajectoryQueue` over gRPC from a background thread (grpc.aio).
+
+    Blocked PutGroup/GetGroups calls wait on the event loop, not on threads, so hundreds
+    of actors waiting on a full queue cost nothing. Stopping the server does not close
+    its queue: close `server.queue` first to answer waiting clients with QueueClosed.
+
+    Args:
+      queue: the queue to serve; a new `InProcessTrajectoryQueue(config)` if None.
+      config: used when `queue` is None.
+      host: interface to bind; 127.0.0.1 by default (use 0.0.0.0 for remote actors).
+      port: 0 picks a free port (see `.port` after `start()`).
+      max_message_bytes: largest PutGroup request accepted (one group). Replies are
+        not limited, so a GetGroups reply is never lost to its size.
+    """
+
+    def __init__(
+        self,
+        queue: InProcessTrajectoryQueue | None = None,
+        *,
+        config: QueueConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ):
+        if queue is not None and config is not None:
+            raise ValueError("pass either a queue or a config for a new queue, not both")
+        self.queue = queue if queue is not None else InProcessTrajectoryQueue(config)
+        self.host = host
+        self.port = port
+        self.max_message_bytes = max_message_bytes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._grace = 1.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> TrajectoryQueueServer:
+        """Binds and starts serving; returns self. Raises OSError when the port cannot be bound."""
+        if self._thread is not None:
+            raise RuntimeError("TrajectoryQueueServer already started")
+        self._thread = threading.Thread(target=self._run, name="trajectory-queue-server", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as err:  # noqa: BLE001 - reported to start()
+            self._error = err
+        finally:
+            self._started.set()
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.max_send_message_length", _UNLIMITED),
+                ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
+                *_SERVER_KEEPALIVE,
+            ]
+        )
+        pb_grpc.add_TrajectoryQueueServicer_to_server(_Servicer(self.queue), server)
+        try:
+            port = server.add_insecure_port(f"{self.host}:{self.port}")
+        except RuntimeError as err:
+            port = 0
+            cause = err
+        else:
+            cause = None
+        if port == 0:
+            raise OSError(f"trajectory queue server cannot bind {self.address} (port in use?)") from cause
+        self.port = port
+        self._stopping = asyncio.Event()
+        await server.start()
+        self._started.set()
+        await self._stopping.wait()
+        await server.stop(self._grace)
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stops serving; calls still running after `grace` seconds are cancelled. Idempotent."""
+        if self._thread is None or self._loop is None or self._stopping is None:
+            return
+        self._grace = grace
+        try:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        except RuntimeError:  # loop already closed
+            pass
+        self._thread.join()
+
+    def wait(self) -> None:
+        """Blocks until the server stops."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> TrajectoryQueueServer:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _deliver(call: grpc.Future, future: asyncio.Future) -> None:
+    if future.done():  # the awaiting task was cancelled
+        return
+    if call.cancelled():
+        future.set_exception(QueueClosed("call cancelled"))
+    elif call.exception() is not None:
+        future.set_exception(call.exception())
+    else:
+        future.set_result(call.result())
+
+
+class GrpcTrajectoryQueue(TrajectoryQueue):
+    """`TrajectoryQueue` client of a `TrajectoryQueueServer`.
+
+    `close()` closes this client only (its waiters raise QueueClosed); `close_remote()`
+    closes the server's queue for every client and the learner.
+
+    Args:
+      address: "host:port" of the server.
+      max_message_bytes: largest group this client sends (checked before sending).
+      deadline_margin_s: added to a put/get `timeout` to form the call's deadline, so the
+        server's "timed out" answer arrives before the deadline does.
+      rpc_timeout_s: deadline of the quick calls (SetVersion, Stats, Close).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        deadline_margin_s: float = 10.0,
+        rpc_timeout_s: float = 30.0,
+    ):
+        self.address = address
+        self.max_message_bytes = max_message_bytes
+        self.deadline_margin_s = deadline_margin_s
+        self.rpc_timeout_s = rpc_timeout_s
+        self._closed = False
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", _UNLIMITED),
+                *_CLIENT_KEEPALIVE,
+            ],
+        )
+        self._stub = pb_grpc.TrajectoryQueueStub(self._channel)
+
+    # ----- error mapping -----
+
+    def _error(self, err: grpc.RpcError, method: str) -> Exception:
+        if self._closed:
+            return QueueClosed(f"GrpcTrajectoryQueue({self.address}) was closed")
+        code, details = err.code(), err.details()
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return ValueError(details)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return QueueClosed(f"trajectory queue at {self.address} is closed ({details})")
+        if code in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        ):
+            return QueueUnavailable(
+                f"{method} to the trajectory queue server at {self.address} failed with {code.name}: "
+                f"{details}. Is the server running? (a restarted server starts with an empty queue)"
+            )
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return QueueError(
+                f"{method} to {self.address}: {details} (raise max_message_bytes on server and client?)"
+            )
+        return QueueError(f"{method} to {self.address} failed with {code.name}: {details}")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise QueueClosed(f"GrpcTrajectoryQueue({self.address}) was closed")
+
+    def _call(self, method: str, request, timeout: float | None):
+        self._check_open()
+        try:
+            return getattr(self._stub, method)(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise self._error(err, method) from err
+
+    async def _acall(self, method: str, request, timeout: float | None):
+        """The call on the same channel, awaited without blocking the loop or a thread."""
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        call = getattr(self._stub, method).future(request, timeout=timeout)
+
+        def on_done(c):
+            try:
+                loop.call_soon_threadsafe(_deliver, c, future)
+            except RuntimeError:  # the loop is closed; nobody is waiting
+                pass
+
+        call.add_done_callback(on_done)
+        try:
+            return await future
+        except asyncio.CancelledError:
+            call.cancel()
+            raise
+        except grpc.RpcError as err:
+            raise self._error(err, method) from err
+
+    # ----- requests -----
+
+    def _deadline(self, timeout: float | None) -> float | None:
+        return None if timeout is None else timeout + self.deadline_margin_s
+
+    def _put_request(self, group: Sequence[Trajectory], timeout: float | None) -> pb.PutGroupRequest:
+        group = list(group)
+        validate_group(group)
+        request = pb.PutGroupRequest(group=codec.group_to_proto(group), timeout_s=timeout)
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise ValueError(
+                f"group {group[0].group_id!r} is {size} bytes on the wire, over max_message_bytes="
+                f"{self.max_message_bytes}"
+            )
+        return request
+
+    @staticmethod
+    def _get_request(num_groups: int, timeout: float | None) -> pb.GetGroupsRequest:
+        return pb.GetGroupsRequest(num_groups=num_groups, timeout_s=timeout)
+
+    @staticmethod
+    def _decode_groups(response: pb.GetGroupsResponse) -> list[Group]:
+        return [codec.group_from_proto(g) for g in response.groups]
+
+    # ----- TrajectoryQueue -----
+
+    def put(self, group: Sequence[Trajectory], timeout: float | None = None) -> bool:
+        request = self._put_request(group, timeout)
+        return self._call("PutGroup", request, self._deadline(timeout)).accepted
+
+    def get(self, num_groups: int, timeout: float | None = None) -> list[Group]:
+        response = self._call("GetGroups", self._get_request(num_groups, timeout), self._deadline(timeout))
+        return self._decode_groups(response)
+
+    async def aput(self, group: Sequence[Trajectory], timeout: float | None = None) -> bool:
+        request = self._put_request(group, timeout)
+        return (await self._acall("PutGroup", request, self._deadline(timeout))).accepted
+
+    async def aget(self, num_groups: int, timeout: float | None = None) -> list[Group]:
+        request = self._get_request(num_groups, timeout)
+        return self._decode_groups(await self._acall("GetGroups", request, self._deadline(timeout)))
+
+    def set_learner_version(self, version: int) -> None:
+        self._call("SetVersion", pb.SetVersionRequest(version=version), self.rpc_timeout_s)
+
+    def stats(self) -> dict[str, int | float]:
+        response = self._call("Stats", pb.StatsRequest(), self.rpc_timeout_s)
+        return {**response.counts, **response.seconds}
+
+    def close_remote(self) -> None:
+        """Closes the server's queue: every client's waiters and the learner get QueueClosed."""
+        self._call("Close", pb.CloseRequest(), self.rpc_timeout_s)
+
+    def close(self) -> None:
+        """Closes this client; its calls in flight raise QueueClosed. Idempotent."""
+        self._closed = True
+        self._channel.close()
+
+    def __enter__(self) -> GrpcTrajectoryQueue:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Standalone trajectory queue server.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50060)
+    parser.add_argument("--capacity-groups", type=int, default=QueueConfig.capacity_groups)
+    parser.add_argument("--max-lag", type=int, default=QueueConfig.max_lag)
+    parser.add_argument("--reuse", type=int, default=QueueConfig.reuse)
+    parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    args = parser.parse_args(argv)
+    config = QueueConfig(capacity_groups=args.capacity_groups, max_lag=args.max_lag, reuse=args.reuse)
+    server = TrajectoryQueueServer(
+        config=config, host=args.host, port=args.port, max_message_bytes=args.max_message_bytes
+    ).start()
+    print(f"trajectory queue serving on {server.address} ({config})", flush=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.queue.close()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

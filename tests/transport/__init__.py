@@ -1,0 +1,1 @@
+"""Tests of agentic.transport (trajectory queue)."""
