@@ -1,1 +1,3 @@
 """Concrete environments. Importing this package registers every bundled env."""
+
+from envs import echo  # noqa: F401  (registers "echo")

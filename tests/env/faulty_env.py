@@ -1,0 +1,42 @@
+"""A test-only env whose actions misbehave on command; hosts load it with `--import tests.env.faulty_env`.
+
+Actions: "sleep:S" (await S seconds), "block:S" (block the worker's event loop S seconds, like a
+CPU-bound hang), "raise" (the env raises), "exit" (the worker process exits), "big:N" (an N-byte
+observation), "pid" (the worker's pid); anything else is echoed.
+"""
+
+import asyncio
+import os
+import time
+
+from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.env.registry import EnvSpec, register
+
+
+class FaultyEnv(Env):
+    async def reset(self, task: Task) -> Observation:
+        if task.get("reset") == "raise":
+            raise RuntimeError("reset failed on purpose")
+        return Observation(text="ready", info={"pid": os.getpid()})
+
+    async def step(self, action: str) -> Step:
+        cmd, _, arg = action.partition(":")
+        if cmd == "sleep":
+            await asyncio.sleep(float(arg))
+        elif cmd == "block":
+            time.sleep(float(arg))
+        elif cmd == "raise":
+            raise ValueError("step failed on purpose")
+        elif cmd == "exit":
+            os._exit(3)
+        elif cmd == "big":
+            return Step(observation="x" * int(arg))
+        elif cmd == "pid":
+            return Step(observation=str(os.getpid()))
+        return Step(observation=action)
+
+
+register(EnvSpec(name="faulty", factory=FaultyEnv, max_sessions=50, step_deadline_s=1.0,
+                 description="test-only env that hangs, raises or exits on command"))
+register(EnvSpec(name="tiny", factory=FaultyEnv, max_sessions=2, step_deadline_s=1.0,
+                 description="FaultyEnv with max_sessions=2 (backpressure tests)"))

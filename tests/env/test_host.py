@@ -1,0 +1,290 @@
+"""The env host and client against real servers on loopback: faults, garbage, backpressure, load."""
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from agentic.env.client import EnvClient
+from agentic.env.errors import (
+    EnvDeadlineExceeded,
+    EnvResourceExhausted,
+    EnvStepError,
+    InvalidAction,
+    InvalidEnvRequest,
+    SessionLost,
+    SessionNotFound,
+)
+from agentic.env.proto import env_service_pb2 as pb
+from agentic.env.proto import env_service_pb2_grpc as pb_grpc
+from agentic.env.testing import HostProcess
+
+FAULTY = ("--import", "tests.env.faulty_env")
+
+
+@pytest.fixture(scope="module")
+def host():
+    with HostProcess(["echo", "faulty", "tiny"], *FAULTY, "--workers", "faulty=2",
+                     "--max-observation-bytes", "4096") as h:
+        yield h
+
+
+def run(coro_fn, address, **client_kw):
+    async def main():
+        async with EnvClient(address, **client_kw) as client:
+            return await coro_fn(client)
+    return asyncio.run(main())
+
+
+def info(address) -> pb.InfoResponse:
+    with grpc.insecure_channel(address) as ch:
+        return pb_grpc.EnvServiceStub(ch).Info(pb.InfoRequest(), timeout=5)
+
+
+def test_echo_episode_and_metrics(host):
+    async def body(client):
+        session, obs = await client.open("echo", {"prompt": "hi", "turns": 2})
+        assert obs.text == "hi"
+        first = await client.step(session, "one")
+        last = await client.step(session, "two")
+        return first, last, await client.close(session), await client.close(session)
+
+    first, last, metrics, again = run(body, host.address)
+    assert (first.observation, first.done, last.observation, last.done, last.reward) == ("one", False, "two", True, 1.0)
+    assert metrics == {"steps": 2.0} and again == {}
+
+
+def test_garbage_gets_clear_errors_and_host_keeps_serving(host):
+    async def body(client):
+        session, _ = await client.open("echo", {"turns": 100})
+        errors = {}
+        for name, action in [("empty", ""), ("1MB", "x" * (1 << 20)), ("utf8", b"ok\xff\xfe")]:
+            with pytest.raises(InvalidAction) as e:
+                await client.step(session, action)
+            errors[name] = str(e.value)
+        wrong = dataclasses.replace(session, session_id="nonsense-id")
+        with pytest.raises(SessionNotFound) as e:
+            await client.step(wrong, "hello")
+        errors["wrong id"] = str(e.value)
+        with pytest.raises(InvalidEnvRequest, match="not served by this host|no host serves"):
+            await client.open("no_such_env")
+        ok = await client.step(session, "still fine")  # the session survived the garbage
+        return errors, ok
+
+    errors, ok = run(body, host.address)
+    assert "empty" in errors["empty"]
+    assert "1048576 bytes, over this host's limit" in errors["1MB"]
+    assert "not valid UTF-8: byte 2" in errors["utf8"]
+    assert "unknown session id" in errors["wrong id"]
+    assert ok.observation == "still fine"
+    # Raw gRPC (no client library): the same checks hold, with the error kind in trailing metadata.
+    with grpc.insecure_channel(host.address) as ch:
+        stub = pb_grpc.EnvServiceStub(ch)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Open(pb.OpenRequest(env="echo", task_json="{not json"))
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "task_json is not valid JSON" in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Step(pb.StepRequest(session_id="x" * 10_000, action=b"a"))
+        assert e.value.code() == grpc.StatusCode.NOT_FOUND
+        assert dict(e.value.trailing_metadata())["agentic-env-error-kind"] == str(pb.SESSION_NOT_FOUND)
+
+
+def test_long_observation_is_truncated_with_flag(host):
+    async def body(client):
+        session, _ = await client.open("faulty")
+        return await client.step(session, "big:10000"), await client.step(session, "big:10")
+
+    long, short = run(body, host.address)
+    assert len(long.observation) == 4096 and long.info["observation_truncated"]["original_bytes"] == 10000
+    assert "observation_truncated" not in short.info
+
+
+def test_env_exception_is_a_typed_error_naming_the_cause(host):
+    async def body(client):
+        session, _ = await client.open("faulty")
+        with pytest.raises(EnvStepError, match="ValueError: step failed on purpose"):
+            await client.step(session, "raise")
+        with pytest.raises(SessionLost, match="its env failed"):
+            await client.step(session, "after")
+        with pytest.raises(EnvStepError, match="reset failed on purpose"):
+            await client.open("faulty", {"reset": "raise"})
+
+    run(body, host.address)
+
+
+def test_sigkill_worker_mid_episode(host):
+    async def body(client):
+        sessions = [await client.open("faulty") for _ in range(6)]
+        pids = {s.session_id: int((await client.step(s, "pid")).observation) for s, _ in sessions}
+        assert len(set(pids.values())) == 2, "sessions should spread over both workers"
+        victim = next(iter(pids.values()))
+        os.kill(victim, signal.SIGKILL)
+        await asyncio.sleep(0.3)
+        lost, alive = [], []
+        for s, _ in sessions:
+            try:
+                await client.step(s, "after")
+                alive.append(s)
+            except SessionLost as e:
+                lost.append(str(e))
+        fresh, _ = await client.open("faulty")
+        return pids, victim, lost, alive, await client.step(fresh, "new")
+
+    pids, victim, lost, alive, new = run(body, host.address)
+    assert len(lost) == sum(p == victim for p in pids.values()) and alive
+    assert all(f"pid {victim}) was killed by signal SIGKILL" in m for m in lost), lost
+    assert new.observation == "new"
+    assert info(host.address).envs[1].worker_restarts >= 1
+
+
+def test_hung_step_gets_deadline_exceeded_within_deadline(host):
+    async def body(client):
+        hung, _ = await client.open("faulty")
+        neighbour, _ = await client.open("faulty")
+        pid_h = (await client.step(hung, "pid")).observation
+        # Steer the neighbour onto the same worker: open until one lands there.
+        while (await client.step(neighbour, "pid")).observation != pid_h:
+            neighbour, _ = await client.open("faulty")
+        t0 = time.monotonic()
+        with pytest.raises(EnvDeadlineExceeded, match="1s step deadline"):
+            await client.step(hung, "sleep:30")  # awaits: cancellable, the worker stays
+        async_elapsed = time.monotonic() - t0
+        await asyncio.sleep(0.2)
+        survived = (await client.step(neighbour, "still here")).observation
+        restarts = info(client.hosts()[0]["address"]).envs[1].worker_restarts
+        t0 = time.monotonic()
+        with pytest.raises(EnvDeadlineExceeded):
+            await client.step(neighbour, "block:30")  # blocks the worker's loop: it is recycled
+        blocking_elapsed = time.monotonic() - t0
+        for _ in range(100):  # the recycled worker comes back
+            after = info(client.hosts()[0]["address"]).envs[1].worker_restarts
+            if after > restarts:
+                break
+            await asyncio.sleep(0.05)
+        fresh, _ = await client.open("faulty")
+        return async_elapsed, survived, blocking_elapsed, restarts, after, await client.step(fresh, "ok")
+
+    async_elapsed, survived, blocking_elapsed, before, after, ok = run(body, host.address)
+    assert 0.9 < async_elapsed < 1.6 and 0.9 < blocking_elapsed < 1.6
+    assert survived == "still here"
+    assert after == before + 1 and ok.observation == "ok"
+
+
+def test_max_sessions_answers_resource_exhausted_at_once(host):
+    async def body(client):
+        held = [await client.open("tiny") for _ in range(2)]
+        t0 = time.monotonic()
+        with pytest.raises(EnvResourceExhausted, match="max_sessions=2"):
+            await client.open("tiny")
+        elapsed = time.monotonic() - t0
+        await client.close(held[0][0])
+        again, _ = await client.open("tiny")  # a freed slot is reusable
+        return elapsed, again
+
+    elapsed, _ = run(body, host.address)
+    assert elapsed < 0.5
+
+
+def test_batched_steps_report_errors_in_place(host):
+    async def body(client):
+        a, _ = await client.open("echo", {"turns": 5})
+        b, _ = await client.open("echo", {"turns": 5})
+        return await client.step_many([(a, "x"), (b, ""), (dataclasses.replace(a, session_id="bogus"), "y")])
+
+    results = run(body, host.address)
+    assert results[0].observation == "x"
+    assert isinstance(results[1], InvalidAction) and isinstance(results[2], SessionNotFound)
+
+
+def test_health_and_reflection(host):
+    with grpc.insecure_channel(host.address) as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="agentic.env.v1.EnvService"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        services = {s.name for s in responses[0].list_services_response.service}
+        assert {"agentic.env.v1.EnvService", "grpc.health.v1.Health"} <= services
+
+
+def test_thousand_concurrent_echo_episodes_none_lost(host):
+    async def episode(client, i):
+        session, _ = await client.open("echo", {"turns": 3})
+        for t in range(3):
+            step = await client.step(session, f"{i}:{t}")
+            assert step.observation == f"{i}:{t}"
+        await client.close(session)
+        return step.done
+
+    async def body(client):
+        t0 = time.monotonic()
+        done = await asyncio.gather(*(episode(client, i) for i in range(1000)), return_exceptions=True)
+        return done, time.monotonic() - t0, dict(client.stats)
+
+    done, elapsed, stats = run(body, host.address)
+    assert done == [True] * 1000, [d for d in done if d is not True][:3]
+    assert stats["opened"] == stats["closed"] == 1000 and stats["steps"] == 3000
+    assert elapsed < 20, elapsed
+
+
+def test_host_restart_reports_lost_sessions_and_places_new_ones():
+    first = HostProcess(["echo"]).start()
+    port = first.port
+    second = None
+    try:
+        async def body(client):
+            nonlocal second
+            sessions = [await client.open("echo", {"turns": 10}) for _ in range(3)]
+            first.kill()
+            with pytest.raises(SessionLost):
+                await client.step(sessions[0][0], "a")
+            second = HostProcess(["echo"], port=port).start()
+            await client.refresh()
+            errors = []
+            for s, _ in sessions[1:]:
+                with pytest.raises(SessionLost) as e:
+                    await client.step(s, "b")
+                errors.append(str(e.value))
+            new, _ = await client.open("echo", {"turns": 10})
+            return errors, new, await client.step(new, "c"), dict(client.stats)
+
+        errors, new, step, stats = run(body, first.address)
+        assert all("host restarted" in e for e in errors), errors
+        assert new.host_id == second.host_id != first.host_id and step.observation == "c"
+        assert stats["SessionLost"] == 3
+    finally:
+        first.kill()
+        if second:
+            second.kill()
+
+
+def test_sigterm_drains_in_flight_steps_and_reaps_idle_sessions():
+    h = HostProcess(["faulty"], *FAULTY, "--idle-timeout-s", "0.5").start()
+    try:
+        async def body(client):
+            idle, _ = await client.open("faulty")
+            await asyncio.sleep(1.5)
+            with pytest.raises(SessionLost, match="reaped after 0.5s"):
+                await client.step(idle, "late")
+            busy, _ = await client.open("faulty")
+            in_flight = asyncio.ensure_future(client.step(busy, "sleep:0.6"))
+            await asyncio.sleep(0.2)
+            h.proc.send_signal(signal.SIGTERM)
+            step = await in_flight
+            await asyncio.sleep(0.1)
+            with pytest.raises(Exception) as e:
+                await client.open("faulty")
+            return step, e.value
+
+        step, refused = run(body, h.address)
+        assert step.observation == "sleep:0.6"
+        assert type(refused).__name__ in ("HostDraining", "EnvHostUnavailable"), refused
+        assert h.proc.wait(10) == 0
+        assert any("draining" in line for line in h.output)
+    finally:
+        h.kill()
