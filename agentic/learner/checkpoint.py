@@ -1,0 +1,80 @@
+"""Orbax CheckpointManager wrapper: train state + data-iterator state + config, async, keep last N.
+
+One checkpoint (directory `<dir>/<step>/`) holds three items:
+  state   the pytree {params, opt_state, step, rng, ...} (sharded arrays are written and
+          read back in place on their devices: restore takes the abstract target with shardings),
+  data    a JSON dict: the data iterator's state (e.g. a grain iterator's `get_state()`,
+          or the number of batches consumed), whatever makes the input stream resume exactly,
+  config  a JSON dict of the configs the run was started with.
+Saves are asynchronous (the train loop goes on while the arrays are written); a save
+becomes visible only when orbax finalizes it (atomic rename), so a process killed
+mid-save leaves the previous checkpoint as the latest.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+    """Saves and restores learner checkpoints in `directory`.
+
+    Args:
+      directory: where step directories go (created if missing).
+      keep: how many most recent checkpoints to keep (None keeps all).
+      every: save only steps that are multiples of this (others are skipped unless forced).
+      async_save: write in a background thread.
+    """
+
+    def __init__(self, directory: str, *, keep: int | None = 3, every: int = 1, async_save: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=every, create=True,
+            enable_async_checkpointing=async_save)
+        self._mgr = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data", "config"))
+
+    def save(self, step: int, state: Any, *, data: dict | None = None, config: dict | None = None,
+             force: bool = False) -> bool:
+        """Starts saving `state` at `step`; returns False when `every` skips this step."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data or {}),
+                                  config=ocp.args.JsonSave(config or {}))
+        return self._mgr.save(step, args=args, force=force)
+
+    def latest_step(self) -> int | None:
+        return self._mgr.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._mgr.all_steps())
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[Any, dict, dict]:
+        """Reads (state, data, config) at `step` (default: the latest).
+
+        `abstract_state` is a pytree of `jax.ShapeDtypeStruct` with shardings (e.g.
+        `jax.tree.map(ocp.utils.to_shape_dtype_struct, state)`) saying where arrays go.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
+                                  config=ocp.args.JsonRestore())
+        out = self._mgr.restore(step, args=args)
+        return out["state"], dict(out["data"] or {}), dict(out["config"] or {})
+
+    def wait(self) -> None:
+        """Blocks until the pending async save is on disk."""
+        self._mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self._mgr.wait_until_finished()
+        self._mgr.close()
+
+
+def abstract_like(tree: Any) -> Any:
+    """ShapeDtypeStructs (with shardings) of a pytree of arrays: a restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)

@@ -1,0 +1,128 @@
+"""Mesh construction and logical-axis rules: model parameter names -> PartitionSpecs.
+
+The learner's mesh has three axes, sizes from config:
+  data    pure data parallelism (parameters replicated),
+  fsdp    data parallelism with parameters and optimizer state sharded (ZeRO-3 style),
+  tensor  Megatron-style tensor parallelism (heads, MLP and vocab dimensions split).
+
+The model names every parameter dimension with a logical axis
+(`agentic.models.param_logical_axes`); `DEFAULT_RULES` maps those names to mesh axes.
+A dimension that a mesh axis does not divide, or a mesh axis already used by another
+dimension of the same tensor, stays replicated, so any mesh works with any model
+(e.g. 2 KV heads on tensor=4: the KV projections are replicated over `tensor`).
+Batches are sharded on their row dimension over ("data", "fsdp").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
+    "batch": BATCH_AXES,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "mlp": "tensor",
+    "head_dim": None,
+    "layers": None,
+}
+
+
+def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A (data, fsdp, tensor) mesh over the first prod(shape) devices.
+
+    One entry may be -1: it takes all remaining devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = list(shape)
+    if len(shape) != 3:
+        raise ValueError(f"mesh shape must have 3 entries (data, fsdp, tensor), got {shape}")
+    if shape.count(-1) > 1:
+        raise ValueError(f"at most one mesh axis may be -1, got {shape}")
+    if -1 in shape:
+        rest = math.prod(s for s in shape if s != -1)
+        shape[shape.index(-1)] = len(devices) // rest
+    n = math.prod(shape)
+    if n < 1 or n > len(devices):
+        raise ValueError(f"mesh shape {tuple(shape)} needs {n} devices; {len(devices)} are visible")
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices=devices[:n])
+    except Exception:  # non-TPU device sets without topology: plain order is fine
+        grid = np.array(devices[:n]).reshape(shape)
+    return Mesh(grid, MESH_AXES)
+
+
+def spec_for(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+             rules: Mapping[str, Any] = DEFAULT_RULES) -> PartitionSpec:
+    """PartitionSpec of one tensor from its logical axis names."""
+    if len(names) != len(shape):
+        raise ValueError(f"logical axes {tuple(names)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    out = []
+    for name, dim in zip(names, shape, strict=True):
+        if name is None:
+            out.append(None)
+            continue
+        if name not in rules:
+            raise KeyError(f"no sharding rule for logical axis {name!r}; rules cover {sorted(rules)}")
+        axes = rules[name]
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
+        size = math.prod(mesh.shape[a] for a in axes)
+        if axes and dim % size == 0:
+            out.append(axes[0] if len(axes) == 1 else axes)
+            used.update(axes)
+        else:
+            out.append(None)
+    return PartitionSpec(*out)
+
+
+def _is_axes(x) -> bool:
+    return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def tree_shardings(params, logical_axes, mesh: Mesh, rules: Mapping[str, Any] = DEFAULT_RULES):
+    """NamedShardings (same structure as `params`) from a parallel pytree of logical axes."""
+    return jax.tree.map(
+        lambda axes, p: NamedSharding(mesh, spec_for(axes, p.shape, mesh, rules)),
+        logical_axes, params, is_leaf=_is_axes)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 3) -> NamedSharding:
+    """Sharding of packed [num_micro, micro_batch, T, ...] arrays: rows over (data, fsdp)."""
+    return NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, *([None] * (ndim - 2))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+    """Rows of a micro-batch must be a multiple of this (data * fsdp)."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+_DISTRIBUTED = False
+
+
+def initialize_distributed(**kwargs) -> None:
+    """`jax.distributed.initialize(**kwargs)` once per process (multi-host TPU slices).
+
+    Call it before anything touches a device. On Cloud TPU the coordinator, process
+    count and id come from the TPU metadata, so no arguments are needed.
+    """
+    global _DISTRIBUTED
+    if not _DISTRIBUTED:
+        jax.distributed.initialize(**kwargs)
+        _DISTRIBUTED = True
