@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -34,6 +35,9 @@ class SamplingParams:
       stop_token_ids: token ids that end the completion (EOS is added by the
         backend from the tokenizer); the stop token is kept in the output.
       seed: per-request sampling seed; None draws one.
+      ignore_eos: do not stop at the tokenizer's EOS (SGLang's `ignore_eos`;
+        explicit `stop_token_ids` still stop). Benchmarks use it to generate
+        exactly max_new_tokens.
     """
 
     max_new_tokens: int = 128
@@ -43,6 +47,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     seed: int | None = None
+    ignore_eos: bool = False
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
@@ -51,6 +56,8 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if int(self.top_k) != self.top_k:
+            raise ValueError(f"top_k must be an integer, got {self.top_k}")
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -86,7 +93,11 @@ class Completion:
       finish_reason: "stop" (a stop string or stop/EOS token matched),
         "length" (max_new_tokens) or "abort" (server shut down, error).
       matched: the stop string or stop token id that matched, if any.
-      weight_version: version of the weights that produced *every* token.
+      weight_version: version of the weights being served when the completion
+        finished (what SGLang's meta_info.weight_version reports). Weights are
+        swapped between decode steps, so when an update lands mid-request the
+        earlier tokens came from the previous version; their `logprobs` are
+        still exactly those of the distribution each token was sampled from.
       prompt_tokens: prompt length; cached_tokens: how many of them were
         served from the prefix cache (not prefilled again).
       text: detokenized output, when the backend provides it.
@@ -121,8 +132,8 @@ class Generator(abc.ABC):
         """Version of the weights currently served."""
         return 0
 
-    async def release(self, session_id: str) -> None:
+    async def release(self, session_id: str) -> None:  # noqa: B027
         """Drops cached state of an ended episode (prefix KV); optional."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027
         """Stops background work."""
