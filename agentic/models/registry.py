@@ -60,7 +60,7 @@ register("tiny-qwen2", ModelConfig(
     num_kv_heads=2, head_dim=16, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
     qkv_bias=True, max_position_embeddings=2048))
 register("tiny-llama3", ModelConfig(
-    arch="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+    arch="llama", vocab_size=288, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
     num_kv_heads=1, head_dim=16, rope_theta=500000.0, tie_word_embeddings=True,
     rope_scaling=(("factor", 32.0), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
                   ("original_max_position_embeddings", 64), ("rope_type", "llama3"))))
