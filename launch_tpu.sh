@@ -1,8 +1,249 @@
 #!/usr/bin/env bash
-# Cloud TPU VM launcher (stub until the Sebulba issue completes it).
-# It will: create or reuse a TPU VM, copy this repo, install requirements,
-# start env host pools on CPU VMs, and run experiments/search_r1.py on
-# --worker=all with jax.distributed initialization. --dry-run prints the
-# gcloud commands without running them.
-echo "launch_tpu.sh: not implemented yet (see BUILD.md, 'TPU deployment')" >&2
-exit 2
+# Cloud TPU VM launcher for experiments/search_r1.py (see BUILD.md, "TPU deployment").
+#
+# 1. create (or reuse) the TPU VM and, with --env-hosts N, N CPU VMs for env hosts;
+# 2. copy this repository's files (tracked and untracked-but-not-ignored) to every VM and
+#    install the pinned requirements (plus jax[tpu] on the TPU VM);
+# 3. start `python -m agentic.env.host` on each CPU VM and wait until it is ready;
+# 4. run experiments/search_r1.py on every TPU worker (--worker=all); the program calls
+#    jax.distributed.initialize() because of --config.distributed=True.
+# --dry-run prints every command (prefixed with '+ ') and runs none of them.
+set -euo pipefail
+
+PROG=launch_tpu.sh
+usage() {
+  cat <<EOF
+Usage: ./$PROG --workdir gs://BUCKET/PATH [options] [-- extra flags for experiments/search_r1.py]
+
+Runs experiments/search_r1.py on a Cloud TPU VM (all workers), with env hosts on CPU VMs.
+
+Options:
+  --name NAME               TPU VM name; env host VMs are NAME-env-1..N (default: $NAME)
+  --zone ZONE               zone of every VM (default: $ZONE)
+  --project PROJECT         GCP project (default: gcloud's configured project)
+  --accelerator-type TYPE   TPU type, e.g. v4-8, v4-32, v5litepod-8 (default: $ACCELERATOR_TYPE)
+  --version VERSION         TPU VM runtime version (default: $VERSION)
+  --config VARIANT          variant of experiments/configs/search_r1.py (default: $VARIANT)
+  --workdir DIR             required: checkpoints, TensorBoard events and plots; a gs:// path
+                            every TPU worker can write; rerunning with it resumes
+  --env-hosts N             CPU VMs running env hosts (default: $ENV_HOSTS; 0: the program starts
+                            env hosts on the TPU workers itself)
+  --env-machine-type TYPE   machine type of the env host VMs (default: $ENV_MACHINE_TYPE)
+  --env-workers N           env worker processes per env host (default: $ENV_WORKERS)
+  --env-port PORT           env host gRPC port (default: $ENV_PORT)
+  --sglang-urls URLS        comma-separated SGLang server URLs (http://HOST:PORT); the actors
+                            generate with them instead of the embedded engine
+  --detach                  start training under nohup (log: ~/agentic/train.log on each
+                            worker) instead of streaming its output here
+  --dry-run                 print each command, prefixed with '+ ', and run nothing
+  -h, --help                show this help
+
+Example:
+  ./$PROG --project my-proj --workdir gs://my-bucket/search_r1_7b --env-hosts 2 \\
+      -- --config.learner.lr=2e-6
+EOF
+}
+
+die() {
+  echo "$PROG: $*" >&2
+  exit 2
+}
+note() { echo "$PROG: $*" >&2; }
+
+# ---------------------------------------------------------------- flags
+NAME=agentic-search-r1
+ZONE=us-central2-b
+PROJECT=
+ACCELERATOR_TYPE=v4-8
+VERSION=tpu-ubuntu2204-base
+VARIANT=qwen2_5_7b_tpu
+WORKDIR=
+ENV_HOSTS=2
+ENV_MACHINE_TYPE=n2-standard-16
+ENV_WORKERS=4
+ENV_PORT=50051
+SGLANG_URLS=
+DETACH=0
+DRY_RUN=0
+EXTRA=()
+
+while (($#)); do
+  flag=$1
+  case $flag in
+    -h | --help) usage; exit 0 ;;
+    --dry-run) DRY_RUN=1; shift; continue ;;
+    --detach) DETACH=1; shift; continue ;;
+    --) shift; EXTRA=("$@"); break ;;
+  esac
+  # Every other flag takes a value: --flag VALUE or --flag=VALUE.
+  if [[ $flag == --*=* ]]; then
+    value=${flag#*=}
+    flag=${flag%%=*}
+    shift
+  else
+    case $flag in
+      --name | --zone | --project | --accelerator-type | --version | --config | --workdir | --env-hosts | \
+        --env-machine-type | --env-workers | --env-port | --sglang-urls)
+        (($# >= 2)) || die "$flag needs a value (see --help)"
+        value=$2
+        shift 2
+        ;;
+      *) die "unknown flag '$flag' (see --help)" ;;
+    esac
+  fi
+  case $flag in
+    --name) NAME=$value ;;
+    --zone) ZONE=$value ;;
+    --project) PROJECT=$value ;;
+    --accelerator-type) ACCELERATOR_TYPE=$value ;;
+    --version) VERSION=$value ;;
+    --config) VARIANT=$value ;;
+    --workdir) WORKDIR=$value ;;
+    --env-hosts) ENV_HOSTS=$value ;;
+    --env-machine-type) ENV_MACHINE_TYPE=$value ;;
+    --env-workers) ENV_WORKERS=$value ;;
+    --env-port) ENV_PORT=$value ;;
+    --sglang-urls) SGLANG_URLS=$value ;;
+    *) die "unknown flag '$flag' (see --help)" ;;
+  esac
+done
+
+[[ -n $WORKDIR ]] || die "--workdir is required: a gs:// path every TPU worker can write (see --help)"
+[[ $WORKDIR == gs://* ]] || note "warning: --workdir $WORKDIR is not gs://; each TPU worker writes its own local copy"
+[[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name '$NAME' must be lowercase letters, digits and '-' (a GCE name)"
+[[ $VARIANT =~ ^[A-Za-z0-9_]+$ ]] || die "--config '$VARIANT' is not a variant name (e.g. qwen2_5_7b_tpu)"
+for pair in "--env-hosts:$ENV_HOSTS" "--env-workers:$ENV_WORKERS" "--env-port:$ENV_PORT"; do
+  [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "${pair%%:*} '${pair#*:}' must be a non-negative integer"
+done
+if [[ -n $SGLANG_URLS ]]; then
+  IFS=, read -ra urls <<<"$SGLANG_URLS"
+  for url in "${urls[@]}"; do
+    [[ $url =~ ^https?://[^/,]+ ]] || die "--sglang-urls: '$url' is not an http(s)://HOST:PORT URL"
+  done
+fi
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+JAX_VERSION=$(sed -n 's/^jax==//p' "$HERE/requirements.txt")
+[[ -n $JAX_VERSION ]] || die "no jax==VERSION line in $HERE/requirements.txt"
+if ((!DRY_RUN)); then
+  command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud CLI (or use --dry-run)"
+fi
+
+# ---------------------------------------------------------------- helpers
+GCLOUD_FLAGS=(--zone="$ZONE")
+[[ -z $PROJECT ]] || GCLOUD_FLAGS+=(--project="$PROJECT")
+
+# Shell-quotes one word only when it needs it, so printed commands stay readable and exact.
+quote() {
+  if [[ $1 =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf "'%s'" "${1//\'/\'\\\'\'}"
+  fi
+}
+quote_all() {
+  local sep=
+  for word in "$@"; do
+    printf '%s' "$sep"
+    quote "$word"
+    sep=' '
+  done
+}
+
+# run CMD...: prints '+ CMD' and runs it (unless --dry-run).
+run() {
+  echo "+ $(quote_all "$@")"
+  ((DRY_RUN)) || "$@"
+}
+
+# exists CMD...: prints and runs a describe command; true when the resource exists.
+# A dry run assumes it does not (and so prints the create commands).
+exists() {
+  echo "+ $(quote_all "$@") >/dev/null 2>&1"
+  ((!DRY_RUN)) && "$@" >/dev/null 2>&1
+}
+
+TARBALL=${TMPDIR:-/tmp}/agentic-$NAME.tar.gz
+REMOTE_TARBALL=/tmp/agentic.tar.gz
+REMOTE_DIR=agentic # under the remote user's home
+
+# Unpack the copied tarball and create the venv; the TPU VM also gets jax[tpu] (libtpu).
+install_command() {
+  local extra=$1
+  echo "rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf $REMOTE_TARBALL -C ~/$REMOTE_DIR" \
+    "&& cd ~/$REMOTE_DIR" \
+    "&& (command -v python3.11 >/dev/null || (sudo apt-get update -q && sudo apt-get install -y -q python3.11 python3.11-venv))" \
+    "&& python3.11 -m venv .venv && .venv/bin/pip install -q --upgrade pip" \
+    "&& .venv/bin/pip install -q --no-deps -r requirements.txt$extra"
+}
+TPU_INSTALL=$(install_command " && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
+CPU_INSTALL=$(install_command "")
+
+# ---------------------------------------------------------------- 1. VMs
+note "TPU VM $NAME ($ACCELERATOR_TYPE, $VERSION) in $ZONE; $ENV_HOSTS env host VM(s); workdir $WORKDIR"
+if exists gcloud compute tpus tpu-vm describe "$NAME" "${GCLOUD_FLAGS[@]}"; then
+  note "reusing TPU VM $NAME"
+else
+  run gcloud compute tpus tpu-vm create "$NAME" "${GCLOUD_FLAGS[@]}" \
+    --accelerator-type="$ACCELERATOR_TYPE" --version="$VERSION"
+fi
+
+ENV_VMS=()
+for ((i = 1; i <= ENV_HOSTS; i++)); do
+  vm=$NAME-env-$i
+  ENV_VMS+=("$vm")
+  if exists gcloud compute instances describe "$vm" "${GCLOUD_FLAGS[@]}"; then
+    note "reusing env host VM $vm"
+  else
+    run gcloud compute instances create "$vm" "${GCLOUD_FLAGS[@]}" --machine-type="$ENV_MACHINE_TYPE" \
+      --image-family=ubuntu-2204-lts --image-project=ubuntu-os-cloud --boot-disk-size=100GB
+  fi
+done
+
+# ---------------------------------------------------------------- 2. code + install
+run bash -c "cd $(quote "$HERE") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(quote "$TARBALL")"
+run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:$REMOTE_TARBALL" --worker=all "${GCLOUD_FLAGS[@]}"
+run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${GCLOUD_FLAGS[@]}" --command="$TPU_INSTALL"
+for vm in "${ENV_VMS[@]}"; do
+  run gcloud compute scp "$TARBALL" "$vm:$REMOTE_TARBALL" "${GCLOUD_FLAGS[@]}"
+  run gcloud compute ssh "$vm" "${GCLOUD_FLAGS[@]}" --command="$CPU_INSTALL"
+done
+
+# ---------------------------------------------------------------- 3. env hosts
+ENV_ADDRESSES=()
+for vm in "${ENV_VMS[@]}"; do
+  # (Re)start the host in the background, then wait for its "ready" line (or show its log).
+  start="cd ~/$REMOTE_DIR && { [ ! -f env_host.pid ] || kill \$(cat env_host.pid) 2>/dev/null || true; }"
+  start+=" && { nohup .venv/bin/python -m agentic.env.host --port $ENV_PORT --envs search_r1 --bind 0.0.0.0"
+  start+=" --workers $ENV_WORKERS > env_host.log 2>&1 < /dev/null & echo \$! > env_host.pid; }"
+  start+=" && for _ in \$(seq 120); do grep -q ' ready on ' env_host.log && exit 0; sleep 1; done;"
+  start+=" cat env_host.log; exit 1"
+  run gcloud compute ssh "$vm" "${GCLOUD_FLAGS[@]}" --command="$start"
+  describe_ip=(gcloud compute instances describe "$vm" "${GCLOUD_FLAGS[@]}" --format='get(networkInterfaces[0].networkIP)')
+  echo "+ $(quote_all "${describe_ip[@]}")"
+  if ((DRY_RUN)); then
+    ip="IP-OF-$vm" # placeholder: the real run asks gcloud
+  else
+    ip=$("${describe_ip[@]}")
+  fi
+  ENV_ADDRESSES+=("$ip:$ENV_PORT")
+done
+
+# ---------------------------------------------------------------- 4. train
+train=(.venv/bin/python experiments/search_r1.py
+  "--config=experiments/configs/search_r1.py:$VARIANT" "--workdir=$WORKDIR" --config.distributed=True)
+if ((${#ENV_ADDRESSES[@]})); then
+  train+=("--config.env.hosts=$(IFS=,; echo "${ENV_ADDRESSES[*]}")")
+fi
+if [[ -n $SGLANG_URLS ]]; then
+  train+=(--config.generator.backend=sglang "--config.generator.sglang_urls=$SGLANG_URLS")
+fi
+train+=("${EXTRA[@]}")
+command="cd ~/$REMOTE_DIR && $(quote_all "${train[@]}")"
+if ((DETACH)); then
+  command="cd ~/$REMOTE_DIR && nohup $(quote_all "${train[@]}") > train.log 2>&1 < /dev/null &"
+fi
+run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${GCLOUD_FLAGS[@]}" --command="$command"
+if ((DETACH)); then
+  note "training started; follow it with: gcloud compute tpus tpu-vm ssh $NAME --worker=0 ${GCLOUD_FLAGS[*]} --command='tail -f ~/$REMOTE_DIR/train.log'"
+fi

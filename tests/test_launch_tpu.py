@@ -1,0 +1,162 @@
+"""launch_tpu.sh: --dry-run prints the exact gcloud commands; a run with a fake gcloud runs those."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import shlex
+import stat
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "launch_tpu.sh"
+JAX_VERSION = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+FLAGS = ["--name", "rl-test", "--zone", "us-central2-b", "--project", "proj", "--workdir", "gs://bkt/run1",
+         "--env-hosts", "2", "--sglang-urls", "http://10.1.0.5:30000,http://10.1.0.6:30000"]  # fmt: skip
+EXTRA = ["--", "--config.learner.lr=2e-6", "--config.note=two words"]
+
+# A stand-in for gcloud: logs its argv as one JSON line; describes find nothing except IPs.
+FAKE_GCLOUD = f"""#!{sys.executable}
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["GCLOUD_LOG"], "a") as f:
+    f.write(json.dumps(args) + "\\n")
+if "describe" in args:
+    if any("networkIP" in a for a in args):
+        print("10.0.0." + args[3].rsplit("-", 1)[1])
+        sys.exit(0)
+    sys.exit(1)  # not found: the launcher creates it
+"""
+
+
+@pytest.fixture
+def fake_gcloud(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    gcloud = bin_dir / "gcloud"
+    gcloud.write_text(FAKE_GCLOUD)
+    gcloud.chmod(gcloud.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "gcloud.log"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", GCLOUD_LOG=str(log), TMPDIR=str(tmp_path))
+    return env, log
+
+
+def launch(env, *args):
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+def printed_commands(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    assert all(line.startswith("+ ") for line in lines), stdout
+    return [shlex.split(line[2:].removesuffix(" >/dev/null 2>&1")) for line in lines]
+
+
+def find(commands, *prefix):
+    return [c for c in commands if c[: len(prefix)] == list(prefix)]
+
+
+def option(command, name):
+    return next(a.split("=", 1)[1] for a in command if a.startswith(f"{name}="))
+
+
+def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
+    env, log = fake_gcloud
+    result = launch(env, "--dry-run", *FLAGS, *EXTRA)
+    assert result.returncode == 0, result.stderr
+    commands = printed_commands(result.stdout)
+    assert not log.exists(), "a dry run called gcloud"
+    assert not list(tmp_path.glob("*.tar.gz")), "a dry run built the tarball"
+
+    (create,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "create", "rl-test")
+    assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v4-8",
+            "--version=tpu-ubuntu2204-base"} <= set(create)  # fmt: skip
+    assert find(commands, "gcloud", "compute", "tpus", "tpu-vm", "describe", "rl-test")  # reuse check
+
+    (scp,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "scp")
+    assert "--worker=all" in scp and scp[6] == "rl-test:/tmp/agentic.tar.gz"
+    install, train = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "rl-test")
+    assert "--worker=all" in install and "--worker=all" in train
+    install_cmd = option(install, "--command")
+    assert ".venv/bin/pip install -q --no-deps -r requirements.txt" in install_cmd
+    assert f"'jax[tpu]=={JAX_VERSION}'" in install_cmd
+
+    creates = find(commands, "gcloud", "compute", "instances", "create")
+    assert [c[4] for c in creates] == ["rl-test-env-1", "rl-test-env-2"]
+    starts = [
+        c for c in find(commands, "gcloud", "compute", "ssh") if "agentic.env.host" in option(c, "--command")
+    ]
+    assert [c[3] for c in starts] == ["rl-test-env-1", "rl-test-env-2"]
+    assert "python -m agentic.env.host --port 50051 --envs search_r1 --bind 0.0.0.0" in option(
+        starts[0], "--command"
+    )
+
+    train_cmd = option(train, "--command")
+    assert train_cmd.startswith("cd ~/agentic && ")
+    argv = shlex.split(train_cmd.removeprefix("cd ~/agentic && "))
+    assert argv == [
+        ".venv/bin/python", "experiments/search_r1.py",
+        "--config=experiments/configs/search_r1.py:qwen2_5_7b_tpu", "--workdir=gs://bkt/run1",
+        "--config.distributed=True",
+        "--config.env.hosts=IP-OF-rl-test-env-1:50051,IP-OF-rl-test-env-2:50051",
+        "--config.generator.backend=sglang",
+        "--config.generator.sglang_urls=http://10.1.0.5:30000,http://10.1.0.6:30000",
+        "--config.learner.lr=2e-6", "--config.note=two words",
+    ]  # fmt: skip
+    assert commands[-1] == train  # training starts last, after the env hosts
+
+
+def test_real_run_executes_exactly_the_printed_commands(fake_gcloud, tmp_path):
+    env, log = fake_gcloud
+    dry = printed_commands(launch(env, "--dry-run", *FLAGS, *EXTRA).stdout)
+    result = launch(env, *FLAGS, *EXTRA)
+    assert result.returncode == 0, result.stderr
+    ran = [json.loads(line) for line in log.read_text().splitlines()]
+    expected = [c[1:] for c in dry if c[0] == "gcloud"]
+    expected = [[a.replace("IP-OF-rl-test-env-1", "10.0.0.1").replace("IP-OF-rl-test-env-2", "10.0.0.2")
+                 for a in c] for c in expected]  # fmt: skip
+    assert ran == expected
+    with tarfile.open(tmp_path / "agentic-rl-test.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"launch_tpu.sh", "requirements.txt", "agentic/transport/queue.py"} <= names
+    assert not any(n.startswith((".venv/", ".git/")) for n in names)
+
+
+def test_env_hosts_zero_creates_no_cpu_vms(fake_gcloud):
+    env, _ = fake_gcloud
+    result = launch(env, "--dry-run", "--workdir", "gs://b/r", "--env-hosts=0", "--config", "qwen2_5_3b_tpu")
+    commands = printed_commands(result.stdout)
+    assert not find(commands, "gcloud", "compute", "instances", "create")
+    train = option(commands[-1], "--command")
+    assert "--config=experiments/configs/search_r1.py:qwen2_5_3b_tpu" in train
+    assert "env.hosts" not in train and "sglang" not in train
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", "gs://b/r", "--accelerator", "v4-8"], "unknown flag '--accelerator' (see --help)"),
+        (["--workdir", "gs://b/r", "extra"], "unknown flag 'extra'"),
+        (["--env-hosts", "2"], "--workdir is required"),
+        (["--workdir", "gs://b/r", "--env-hosts", "two"], "--env-hosts 'two' must be a non-negative integer"),
+        (["--workdir", "gs://b/r", "--sglang-urls", "10.0.0.1:30000"], "is not an http(s)://HOST:PORT URL"),
+        (["--workdir"], "--workdir needs a value"),
+    ],
+)
+def test_bad_flags_are_rejected_with_a_clear_message(fake_gcloud, args, message):
+    env, log = fake_gcloud
+    result = launch(env, "--dry-run", *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert result.stdout == "" and not log.exists()
+
+
+def test_help(fake_gcloud):
+    result = launch(fake_gcloud[0], "-h")
+    assert result.returncode == 0
+    assert result.stdout.startswith("Usage: ./launch_tpu.sh") and "--dry-run" in result.stdout
