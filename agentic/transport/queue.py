@@ -180,7 +180,16 @@ class InProcessTrajectoryQueue(TrajectoryQueue):
         self._closed = False
         self._version = 0
         self._counts = dict.fromkeys(
-            ("put", "put_timeouts", "consumed", "reused", "dropped_stale", "max_lag_observed"), 0
+            (
+                "put",
+                "put_timeouts",
+                "consumed",
+                "reused",
+                "replay_evicted",
+                "dropped_stale",
+                "max_lag_observed",
+            ),
+            0,
         )
         self._put_wait_s = 0.0
         self._get_wait_s = 0.0
@@ -249,6 +258,7 @@ class InProcessTrajectoryQueue(TrajectoryQueue):
         # max_lag is large; keep at most `capacity_groups` of them (oldest go first).
         while len(self._replay) > self.config.capacity_groups:
             self._replay.popleft()
+            self._counts["replay_evicted"] += 1
         if taken:
             self._notify_locked()  # room for producers
         return [entry.group for entry in taken]
@@ -382,7 +392,8 @@ class InProcessTrajectoryQueue(TrajectoryQueue):
         Keys: size (fresh groups waiting), replay_size (consumed groups that may be
         returned again), capacity, learner_version, closed (0/1); cumulative counts of
         groups: put (accepted), put_timeouts, consumed (returned by get, each reuse
-        included), reused (returns after the first), dropped_stale; max_lag_observed
+        included), reused (returns after the first), replay_evicted (groups pushed out of
+        a replay buffer over capacity before their last reuse), dropped_stale; max_lag_observed
         (largest learner_version - group version among returned groups);
         put_wait_s / get_wait_s (total seconds spent inside put / get).
         """
@@ -403,6 +414,7 @@ class InProcessTrajectoryQueue(TrajectoryQueue):
         return self._closed
 
     def close(self) -> None:
+        """Closes the queue: waiters and later calls raise QueueClosed; queued groups are discarded."""
         with self._lock:
             self._closed = True
             self._notify_locked()

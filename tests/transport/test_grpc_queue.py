@@ -78,7 +78,7 @@ def test_backpressure_put_times_out_when_full_and_never_loses_an_accepted_group(
     assert client.put(make_group("a"), timeout=1.0) and client.put(make_group("b"), timeout=1.0)
     start = time.monotonic()
     assert client.put(make_group("rejected"), timeout=0.3) is False
-    assert 0.3 <= time.monotonic() - start < 2.0
+    assert 0.3 <= time.monotonic() - start < 5.0
     thread, box = _in_thread(client.put, make_group("c"), None)  # waits on the server
     time.sleep(0.2)
     assert thread.is_alive()
@@ -122,7 +122,7 @@ def test_staleness_filter_and_reuse_over_grpc(serve):
 
 def test_close_wakes_remote_waiters(serve):
     server, client = serve(QueueConfig(capacity_groups=1))
-    _, other = serve()  # a second server: its client waits in get
+    other_server, other = serve()  # a second server: its client waits in get
     client.put(make_group("full"))
     waiters = [_in_thread(client.put, make_group("blocked"), None), _in_thread(other.get, 1, None)]
 
@@ -139,6 +139,11 @@ def test_close_wakes_remote_waiters(serve):
         asyncio.run(async_get())
     with pytest.raises(QueueClosed):
         other.stats()
+    # The server cancelled the abandoned GetGroups: a later group is not taken by it.
+    time.sleep(0.2)
+    other_server.queue.put(make_group("after"))
+    time.sleep(0.2)
+    assert other_server.queue.stats()["size"] == 1
 
 
 def test_close_remote_closes_the_server_queue(serve):

@@ -250,3 +250,31 @@ def test_many_threads_lose_and_duplicate_nothing():
         mine = [int(i.split("-")[1]) for i in ids if i.startswith(f"p{p}-")]
         assert mine == sorted(mine)
     assert np.all([len(g) == 1 for g in received])
+
+
+def test_replay_buffer_is_bounded_by_capacity():
+    queue = InProcessTrajectoryQueue(QueueConfig(capacity_groups=1, reuse=3, max_lag=100))
+    queue.put(make_group("a", n=1))
+    queue.get(1)
+    queue.put(make_group("b", n=1))
+    assert [g[0].group_id for g in queue.get(1)] == ["b"]  # fresh first; "a" leaves the replay buffer
+    assert [g[0].group_id for g in queue.get(1, timeout=0)] == ["b"]
+    stats = queue.stats()
+    assert (stats["replay_evicted"], stats["replay_size"]) == (1, 1)
+
+
+def test_cancelled_async_put_adds_nothing():
+    queue = InProcessTrajectoryQueue(QueueConfig(capacity_groups=1))
+    queue.put(make_group("a"))
+
+    async def main():
+        task = asyncio.create_task(queue.aput(make_group("cancelled")))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert [g[0].group_id for g in queue.get(1)] == ["a"]
+    assert queue.get(1, timeout=0.05) == []
+    assert queue.stats()["put"] == 1
