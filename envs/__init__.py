@@ -1,3 +1,10 @@
 """Concrete environments. Importing this package registers every bundled env."""
 
-from envs import echo  # noqa: F401  (registers "echo")
+from envs import (
+    code,  # noqa: F401  (registers "code" and the "python" tool)
+    echo,  # noqa: F401  (registers "echo")
+    game,  # noqa: F401  (registers "game")
+    math,  # noqa: F401  (registers "math")
+    reward_model,  # noqa: F401  (registers "reward_model")
+    tools,  # noqa: F401  (registers "tools" and the "calculator" tool)
+)

@@ -8,7 +8,8 @@ Adding an env is one file plus one `register(...)` line in its package's
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from agentic.env.protocol import Env
 
@@ -26,6 +27,10 @@ class EnvSpec:
             and its worker recycled.
         memory_mb: memory hint per worker process.
         description: one line for `--help` and error messages.
+        example_task: a task (or a zero-argument callable returning one, for tasks that need data
+            built first) that the conformance suite (`agentic.env.conformance`) plays; every
+            registered env needs one.
+        example_kwargs: env kwargs for that conformance episode (JSON object).
     """
 
     name: str
@@ -34,6 +39,8 @@ class EnvSpec:
     step_deadline_s: float = 30.0
     memory_mb: int = 1024
     description: str = ""
+    example_task: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+    example_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():
