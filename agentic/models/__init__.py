@@ -38,8 +38,29 @@ def _dummy_inputs():
 
 @functools.partial(jax.jit, static_argnums=0)
 def _init(config: ModelConfig, rng):
-    tokens, positions = _dummy_inputs()
-    return nn.meta.unbox(Transformer(config).init(rng, tokens, positions)["params"])
+    # Initializes leaves straight from their shapes (norm scales 1, biases 0, kernels N(0, 0.02)):
+    # the same distribution as Transformer.init, without compiling a forward pass.
+    shapes = param_shapes(config)
+    flat, tree = jax.tree_util.tree_flatten_with_path(shapes)
+    dtype = jnp.dtype(config.param_dtype)
+    kernels = [s.size for path, s in flat if path[-1].key not in ("scale", "bias")]
+    one_draw = sum(kernels) <= (1 << 26)  # small models: one RNG op (compiles fast); big: one per leaf
+    noise = 0.02 * jax.random.normal(rng, (sum(kernels),), jnp.float32) if one_draw else None
+    keys = jax.random.split(rng, len(flat))
+    out, off = [], 0
+    for (path, s), k in zip(flat, keys, strict=True):
+        leaf = path[-1].key
+        if leaf == "scale":
+            out.append(jnp.ones(s.shape, dtype))
+        elif leaf == "bias":
+            out.append(jnp.zeros(s.shape, dtype))
+        else:
+            if one_draw:
+                out.append(noise[off:off + s.size].reshape(s.shape).astype(dtype))
+                off += s.size
+            else:
+                out.append((0.02 * jax.random.normal(k, s.shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(tree, out)
 
 
 def init_params(config: ModelConfig, rng) -> dict:
