@@ -6,5 +6,6 @@ from envs import (
     game,  # noqa: F401  (registers "game")
     math,  # noqa: F401  (registers "math")
     reward_model,  # noqa: F401  (registers "reward_model")
+    search,  # noqa: F401  (registers "search_r1")
     tools,  # noqa: F401  (registers "tools" and the "calculator" tool)
 )

@@ -109,6 +109,7 @@ class _Host:
         self.kinds: dict[str, pb.EnvKindInfo] = {}
         self.load_delta: collections.Counter[str] = collections.Counter()
         self.error = "not contacted yet"
+        self.auth_failed = False
         self.queue: list[tuple[pb.Op, asyncio.Future, float]] = []
         self.inflight = 0
         self.scheduled = False
@@ -127,10 +128,10 @@ class _Host:
                                         metadata=self.client.metadata, wait_for_ready=True)
         except grpc.aio.AioRpcError as e:
             self.healthy = False
+            self.auth_failed = e.code() == grpc.StatusCode.UNAUTHENTICATED
             self.error = f"{e.code().name}: {e.details()}"
-            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                self.error = f"UNAUTHENTICATED: {e.details()}"
             return
+        self.auth_failed = False
         if self.host_id and info.host_id != self.host_id:
             self.client.stats["host_restarts_seen"] += 1
         self.host_id = info.host_id
@@ -337,8 +338,10 @@ class EnvClient:
         serving = [h for h in self._hosts.values() if env in h.kinds]
         if not serving:
             down = [f"{h.address} ({h.error})" for h in self._hosts.values() if not h.healthy]
-            if down:
-                err: EnvError = EnvHostUnavailable(f"no reachable host serves env {env!r}; unreachable: "
+            if down and all(h.auth_failed for h in self._hosts.values()):
+                err: EnvError = EnvAuthError("every host rejected this client's token: " + ", ".join(down))
+            elif down:
+                err = EnvHostUnavailable(f"no reachable host serves env {env!r}; unreachable: "
                                                    + ", ".join(down))
             else:
                 served = sorted({n for h in self._hosts.values() for n in h.kinds})

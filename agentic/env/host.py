@@ -97,6 +97,8 @@ class HostConfig:
         max_action_bytes: larger actions are rejected with INVALID_ARGUMENT.
         max_observation_bytes: longer observations are truncated (flagged).
         max_message_bytes: gRPC message size limit (both directions).
+        worker_memory_mb: per-kind override of `EnvSpec.memory_mb`, the RSS limit of one worker
+            process (name -> MB; "*" = all; 0 = no limit); a worker over it is recycled.
         recycle_grace_s: after a deadline, a worker that does not answer a ping this fast is recycled.
         drain_timeout_s: on SIGTERM, how long in-flight ops may take to finish.
         token: shared secret clients must send as `authorization: Bearer <token>`.
@@ -109,6 +111,7 @@ class HostConfig:
     workers: Mapping[str, int] = dataclasses.field(default_factory=lambda: {"*": 1})
     max_sessions: Mapping[str, int] = dataclasses.field(default_factory=dict)
     step_deadline_s: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    worker_memory_mb: Mapping[str, int] = dataclasses.field(default_factory=dict)
     imports: tuple[str, ...] = ()
     idle_timeout_s: float = 600.0
     max_action_bytes: int = 256 << 10
@@ -299,6 +302,7 @@ class EnvKind:
         self.host, self.spec, self.name = host, spec, spec.name
         self.max_sessions = int(config.per_kind(config.max_sessions, spec.name, spec.max_sessions))
         self.deadline_s = float(config.per_kind(config.step_deadline_s, spec.name, spec.step_deadline_s))
+        self.memory_mb = int(config.per_kind(config.worker_memory_mb, spec.name, spec.memory_mb))
         self.config = config
         self.workers = [WorkerProcess(self, i) for i in range(config.per_kind(config.workers, spec.name, 1))]
         self.open_sessions = 0
@@ -412,7 +416,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._reaper = asyncio.ensure_future(self._reap_idle())
+        self._reaper = asyncio.ensure_future(self._housekeeping())
         return self.port
 
     async def drain_and_stop(self) -> None:
@@ -483,15 +487,30 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         except WorkerDied:
             pass
 
-    async def _reap_idle(self) -> None:
-        period = max(0.05, min(5.0, self.config.idle_timeout_s / 4))
+    async def _housekeeping(self) -> None:
+        """Reaps idle sessions and recycles workers over their memory limit."""
+        period = max(0.05, min(1.0, self.config.idle_timeout_s / 4))
         while True:
             await asyncio.sleep(period)
-            cutoff = time.monotonic() - self.config.idle_timeout_s
-            idle = [s for s in self.sessions.values() if not s.busy and s.last_active < cutoff]
-            for session in idle:
-                self._drop(session, f"reaped after {self.config.idle_timeout_s:g}s without calls")
-                session.worker.call({"op": "close", "sid": session.sid}, 30).add_done_callback(_ignore)
+            self._check_memory()
+            self._reap_idle()
+
+    def _check_memory(self) -> None:
+        for kind in self.kinds.values():
+            if kind.memory_mb <= 0:
+                continue
+            for worker in kind.workers:
+                rss_mb = _rss_mb(worker.pid) if worker.alive else 0
+                if rss_mb > kind.memory_mb:
+                    worker.kill(f"was recycled: its memory (RSS {rss_mb} MB) exceeded the {kind.memory_mb} MB "
+                                f"limit of env {kind.name!r} (EnvSpec.memory_mb / --worker-memory-mb)")
+
+    def _reap_idle(self) -> None:
+        cutoff = time.monotonic() - self.config.idle_timeout_s
+        idle = [s for s in self.sessions.values() if not s.busy and s.last_active < cutoff]
+        for session in idle:
+            self._drop(session, f"reaped after {self.config.idle_timeout_s:g}s without calls")
+            session.worker.call({"op": "close", "sid": session.sid}, 30).add_done_callback(_ignore)
 
     # ---------------------------------------------------------------- ops
     async def open(self, env: str, task_json: str, env_kwargs_json: str) -> pb.OpenResponse:
@@ -639,6 +658,17 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             yield pb.BatchResponse(results=chunk)
 
 
+_PAGE_MB = os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+
+def _rss_mb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(int(f.read().split()[1]) * _PAGE_MB)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _ignore(fut: asyncio.Future) -> None:
     if not fut.cancelled():
         fut.exception()
@@ -720,6 +750,8 @@ def parse_args(argv: list[str] | None = None) -> HostConfig:
     p.add_argument("--workers", default="1", help="worker processes per env kind: N or NAME=N,...")
     p.add_argument("--max-sessions", default="", help="override EnvSpec.max_sessions: N or NAME=N,...")
     p.add_argument("--step-deadline-s", default="", help="override EnvSpec.step_deadline_s: S or NAME=S,...")
+    p.add_argument("--worker-memory-mb", default="",
+                   help="override EnvSpec.memory_mb (RSS limit per worker; 0 = none): MB or NAME=MB,...")
     p.add_argument("--import", dest="imports", action="append", default=[],
                    help="module the workers import first (registers envs outside `envs`); repeatable")
     p.add_argument("--idle-timeout-s", type=float, default=600.0)
@@ -736,7 +768,8 @@ def parse_args(argv: list[str] | None = None) -> HostConfig:
     return HostConfig(
         envs=tuple(n.strip() for n in a.envs.split(",") if n.strip()), bind=a.bind, port=a.port,
         workers=_table(a.workers, int) or {"*": 1}, max_sessions=_table(a.max_sessions, int),
-        step_deadline_s=_table(a.step_deadline_s, float), imports=tuple(a.imports),
+        step_deadline_s=_table(a.step_deadline_s, float), worker_memory_mb=_table(a.worker_memory_mb, int),
+        imports=tuple(a.imports),
         idle_timeout_s=a.idle_timeout_s, max_action_bytes=a.max_action_bytes,
         max_observation_bytes=a.max_observation_bytes, max_message_bytes=a.max_message_bytes,
         recycle_grace_s=a.recycle_grace_s, drain_timeout_s=a.drain_timeout_s, token=a.token or None,

@@ -6,7 +6,7 @@ import collections
 import re
 
 from agentic.env.protocol import Env, Observation, Step, Task
-from envs.game.words import word_list
+from envs.game.words import word_list, word_set
 
 GREEN, YELLOW, GRAY = "G", "Y", "_"
 _GUESS = re.compile(r"<guess>\s*([A-Za-z]+)\s*</guess>")
@@ -55,7 +55,7 @@ class WordleEnv(Env):
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.max_turns = max_turns
         self.words = word_list(list_size, list_seed)
-        self._vocab = frozenset(self.words)
+        self._vocab = word_set(list_size, list_seed)
         self.secret = ""
         self.turns = self.invalid = 0
         self.won = False

@@ -21,3 +21,9 @@ def word_list(size: int = 2000, seed: int = 0) -> tuple[str, ...]:
         pattern = rng.choice(_PATTERNS)
         words.add("".join(rng.choice(_CONSONANTS if c == "C" else _VOWELS) for c in pattern))
     return tuple(sorted(words))
+
+
+@functools.lru_cache(maxsize=8)
+def word_set(size: int = 2000, seed: int = 0) -> frozenset[str]:
+    """`word_list(size, seed)` as a set, shared by every episode (not copied per session)."""
+    return frozenset(word_list(size, seed))

@@ -40,3 +40,19 @@ register(EnvSpec(name="faulty", factory=FaultyEnv, max_sessions=50, step_deadlin
                  description="test-only env that hangs, raises or exits on command"))
 register(EnvSpec(name="tiny", factory=FaultyEnv, max_sessions=2, step_deadline_s=1.0,
                  description="FaultyEnv with max_sessions=2 (backpressure tests)"))
+
+_HOARD = []
+
+
+class LeakyEnv(FaultyEnv):
+    """"leak:MB" holds on to MB more megabytes of memory in the worker."""
+
+    async def step(self, action: str) -> Step:
+        if action.startswith("leak:"):
+            _HOARD.append(bytearray(int(action[5:]) << 20))
+            return Step(observation="leaked")
+        return await super().step(action)
+
+
+register(EnvSpec(name="leaky", factory=LeakyEnv, max_sessions=10, step_deadline_s=2.0, memory_mb=150,
+                 description="FaultyEnv that leaks memory on command"))

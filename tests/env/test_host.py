@@ -30,7 +30,7 @@ FAULTY = ("--import", "tests.env.faulty_env")
 
 @pytest.fixture(scope="module")
 def host():
-    with HostProcess(["echo", "faulty", "tiny"], *FAULTY, "--workers", "faulty=2",
+    with HostProcess(["echo", "faulty", "tiny", "leaky"], *FAULTY, "--workers", "faulty=2",
                      "--max-observation-bytes", "4096") as h:
         yield h
 
@@ -288,3 +288,20 @@ def test_sigterm_drains_in_flight_steps_and_reaps_idle_sessions():
         assert any("draining" in line for line in h.output)
     finally:
         h.kill()
+
+
+def test_leaking_worker_is_recycled_at_its_memory_limit(host):
+    async def body(client):
+        session, _ = await client.open("leaky")
+        await client.step(session, "leak:200")  # over the kind's memory_mb=150
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            try:
+                await client.step(session, "hi")
+            except SessionLost as e:
+                fresh, _ = await client.open("leaky")
+                return str(e), await client.step(fresh, "ok")
+        raise AssertionError("the leaking worker was not recycled")
+
+    cause, ok = run(body, host.address)
+    assert "exceeded the 150 MB limit of env 'leaky'" in cause and ok.observation == "ok"

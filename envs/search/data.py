@@ -1,0 +1,135 @@
+"""Data readers (wiki-18 corpus, FlashRAG QA, Search-R1 training parquet) and the task pipeline.
+
+Formats read:
+  * wiki-18 corpus JSONL (Search-R1 / FlashRAG): `{"id": "0", "contents": "\\"Title\\"\\ntext"}`;
+    rows with `title` and `text` instead of `contents` are accepted and converted.
+  * FlashRAG QA JSONL or parquet: `{"id", "question", "golden_answers": [...], ...}`.
+  * Search-R1 training parquet (scripts/data_process/*.py): rows with `prompt` (chat messages
+    whose user content ends in "Question: ...\\n"), `reward_model.ground_truth.target`,
+    `data_source`, `extra_info` and usually the original `question` / `golden_answers`.
+
+Every reader returns tasks as plain JSON dicts `{"id", "question", "golden_answers", ...}`, the
+task shape of the search_r1 env.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_jsonl(path: str, rows: Iterable[Mapping[str, Any]]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def corpus_row(row: Mapping[str, Any], index: int) -> dict[str, str]:
+    """A wiki-18 row `{"id", "contents"}` from a row with `contents`, or with `title` and `text`."""
+    if "contents" in row:
+        contents = row["contents"]
+    elif "text" in row:
+        contents = f'"{row.get("title", "")}"\n{row["text"]}'
+    else:
+        raise ValueError(f"corpus row {index} has neither 'contents' nor 'text': keys {sorted(row)}")
+    return {"id": str(row.get("id", index)), "contents": str(contents)}
+
+
+def read_corpus(path: str) -> list[dict[str, str]]:
+    """Reads a wiki-18 style corpus (JSONL, or parquet with the same columns)."""
+    rows = _read_rows(path)
+    return [corpus_row(r, i) for i, r in enumerate(rows)]
+
+
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    return read_jsonl(path)
+
+
+def _answers(value: Any, where: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if value is None or not hasattr(value, "__iter__"):
+        raise ValueError(f"{where}: golden answers must be a string or a list, got {value!r}")
+    return [str(v) for v in value]
+
+
+def qa_row_to_task(row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """A FlashRAG QA row -> task."""
+    if "question" not in row or "golden_answers" not in row:
+        raise ValueError(f"QA row {index} needs 'question' and 'golden_answers', has {sorted(row)}")
+    task = {"id": str(row["id"] if row.get("id") is not None else index), "question": str(row["question"]),
+            "golden_answers": _answers(row["golden_answers"], f"QA row {index}")}
+    for key in ("hops", "data_source", "subject", "relations", "passage_ids"):
+        if key in row:
+            task[key] = row[key]
+    return task
+
+
+def search_r1_row_to_task(row: Mapping[str, Any], index: int = 0) -> dict[str, Any]:
+    """A row of Search-R1's training/test parquet -> task (question without the prompt template)."""
+    where = f"Search-R1 row {index}"
+    question = row.get("question")
+    if question is None:
+        prompt = row.get("prompt")
+        try:
+            content = prompt[-1]["content"] if not isinstance(prompt, str) else prompt
+        except (TypeError, KeyError, IndexError) as e:
+            raise ValueError(f"{where}: no 'question' and no readable 'prompt'") from e
+        if "Question:" not in content:
+            raise ValueError(f"{where}: prompt has no 'Question:' to take the question from")
+        question = content.rsplit("Question:", 1)[1]
+    gold = row.get("golden_answers")
+    if gold is None:
+        try:
+            gold = row["reward_model"]["ground_truth"]["target"]
+        except (TypeError, KeyError) as e:
+            raise ValueError(f"{where}: no 'golden_answers' and no reward_model.ground_truth.target") from e
+    extra = row.get("extra_info") or {}
+    row_id = next((v for v in (row.get("id"), extra.get("index")) if v is not None), index)
+    task = {"id": str(row_id), "question": str(question).strip(),
+            "golden_answers": _answers(gold, where)}
+    if row.get("data_source") is not None:
+        task["data_source"] = row["data_source"]
+    return task
+
+
+def read_tasks(path: str) -> list[dict[str, Any]]:
+    """Reads tasks from FlashRAG QA JSONL/parquet or a Search-R1 parquet (detected per row)."""
+    rows = _read_rows(path)
+    return [search_r1_row_to_task(r, i) if r.get("reward_model") is not None or r.get("golden_answers") is None
+            else qa_row_to_task(r, i) for i, r in enumerate(rows)]
+
+
+def task_dataset(tasks: Sequence[Mapping[str, Any]], *, seed: int, shuffle: bool = True,
+                 num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1):
+    """A grain `IterDataset` over tasks: sharded per process, reshuffled every epoch with `seed`.
+
+    Process `shard_index` of `shard_count` sees tasks `shard_index::shard_count` (disjoint shards).
+    `num_epochs=None` repeats forever. Iterate with `it = iter(ds)`; `it.get_state()` is a small
+    JSON-serializable dict and `it.set_state(state)` resumes exactly (checkpoint it with the model).
+    """
+    import grain
+
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
+    ds = grain.MapDataset.source(list(tasks))[shard_index::shard_count]
+    if len(ds) == 0:
+        raise ValueError(f"shard {shard_index}/{shard_count} of {len(tasks)} tasks is empty")
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if num_epochs != 1:
+        ds = ds.repeat(num_epochs)
+    return ds.to_iter_dataset()

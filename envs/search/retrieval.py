@@ -1,0 +1,186 @@
+"""Retrievers: BM25 (bm25s), dense (faiss + Flax BERT encoder), and any Search-R1 /retrieve server.
+
+All three answer `batch_search(queries, topk) -> [[{"document": {"id", "contents"}, "score"}]]`,
+the hit shape of Search-R1's retrieval server, best hit first.
+
+On-disk index directory (written by `envs.search.build_index`):
+
+    corpus.jsonl        wiki-18 rows {"id", "contents": "\\"Title\\"\\ntext"}, row i = document i
+    meta.json           {"format": 1, "num_docs": N, "bm25": bool, "dense": {...} | null, ...}
+    bm25/               bm25s index (English stopwords, no stemming)
+    dense/index.faiss   faiss IndexFlatIP over unit-norm passage embeddings
+    train.jsonl, test.jsonl   tasks (synthetic worlds only)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from envs.search.batching import Hit
+from envs.search.data import read_jsonl
+
+INDEX_FORMAT = 1
+
+
+def read_meta(index_dir: str) -> dict[str, Any]:
+    path = os.path.join(index_dir, "meta.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{index_dir!r} is not an index directory (no meta.json); build one with "
+                                "`python -m envs.search.build_index --corpus CORPUS.jsonl --out DIR`")
+    with open(path) as f:
+        meta = json.load(f)
+    if meta.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{index_dir}: index format {meta.get('format')} != {INDEX_FORMAT}; rebuild it")
+    return meta
+
+
+def _hits(corpus: list[dict], idx: np.ndarray, scores: np.ndarray) -> list[Hit]:
+    return [{"document": corpus[int(i)], "score": float(s)} for i, s in zip(idx, scores, strict=True) if i >= 0]
+
+
+class BM25Retriever:
+    """bm25s (Lucene BM25, k1=1.5, b=0.75) over a corpus; query tokens outside the vocabulary are dropped."""
+
+    def __init__(self, corpus: list[dict], model):
+        self.corpus = corpus
+        self.model = model
+
+    @classmethod
+    def build(cls, corpus: list[dict]) -> BM25Retriever:
+        import bm25s
+
+        model = bm25s.BM25()
+        model.index(bm25s.tokenize([r["contents"] for r in corpus], stopwords="en", show_progress=False),
+                    show_progress=False)
+        return cls(corpus, model)
+
+    @classmethod
+    def load(cls, index_dir: str, corpus: list[dict] | None = None) -> BM25Retriever:
+        import bm25s
+
+        read_meta(index_dir)
+        model = bm25s.BM25.load(os.path.join(index_dir, "bm25"), show_progress=False, verbosity=0)
+        return cls(corpus if corpus is not None else read_jsonl(os.path.join(index_dir, "corpus.jsonl")), model)
+
+    def save(self, index_dir: str) -> None:
+        self.model.save(os.path.join(index_dir, "bm25"), show_progress=False)
+
+    def batch_search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
+        import bm25s
+
+        if not queries:
+            return []
+        k = min(topk, len(self.corpus))
+        tokens = bm25s.tokenize(list(queries), stopwords="en", return_ids=False, show_progress=False)
+        vocab = self.model.vocab_dict
+        tokens = [[t for t in q if t in vocab] for q in tokens]
+        out: list[list[Hit]] = [[] for _ in queries]
+        live = [i for i, q in enumerate(tokens) if q]  # a query with no known word matches nothing
+        if live:
+            idx, scores = self.model.retrieve([tokens[i] for i in live], k=k, show_progress=False,
+                                              backend_selection="numpy")  # no JAX dispatch per query
+            for row, i in enumerate(live):
+                out[i] = _hits(self.corpus, idx[row], scores[row])
+        return out
+
+
+class DenseRetriever:
+    """Exact inner-product search (faiss IndexFlatIP) over unit-norm embeddings of a TextEncoder."""
+
+    def __init__(self, corpus: list[dict], index, encoder):
+        self.corpus = corpus
+        self.index = index
+        self.encoder = encoder
+
+    @classmethod
+    def build(cls, corpus: list[dict], encoder) -> DenseRetriever:
+        import faiss
+
+        emb = encoder.encode([r["contents"] for r in corpus], is_query=False)
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        return cls(corpus, index, encoder)
+
+    @classmethod
+    def load(cls, index_dir: str, corpus: list[dict] | None = None, encoder_dir: str | None = None) -> DenseRetriever:
+        import faiss
+
+        from envs.search.encoder import TextEncoder
+
+        dense = read_meta(index_dir).get("dense")
+        if not dense:
+            raise FileNotFoundError(f"{index_dir} has no dense index; build it with "
+                                    f"`python -m envs.search.build_index --dense ...`")
+        encoder = TextEncoder(encoder_dir or dense["encoder"], pooling=dense["pooling"],
+                              max_length=dense["max_length"], query_prefix=dense["query_prefix"],
+                              passage_prefix=dense["passage_prefix"])
+        index = faiss.read_index(os.path.join(index_dir, "dense", "index.faiss"))
+        return cls(corpus if corpus is not None else read_jsonl(os.path.join(index_dir, "corpus.jsonl")),
+                   index, encoder)
+
+    def save(self, index_dir: str) -> dict[str, Any]:
+        import faiss
+
+        os.makedirs(os.path.join(index_dir, "dense"), exist_ok=True)
+        faiss.write_index(self.index, os.path.join(index_dir, "dense", "index.faiss"))
+        e = self.encoder
+        return {"encoder": os.path.abspath(e.model_dir), "pooling": e.pooling, "max_length": e.max_length,
+                "query_prefix": e.query_prefix, "passage_prefix": e.passage_prefix, "dim": e.dim}
+
+    def batch_search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
+        if not queries:
+            return []
+        scores, idx = self.index.search(self.encoder.encode(list(queries)), min(topk, len(self.corpus)))
+        return [_hits(self.corpus, i, s) for i, s in zip(idx, scores, strict=True)]
+
+
+class HttpRetriever:
+    """Client of a Search-R1 compatible `POST /retrieve` server (ours or Search-R1's own)."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0):
+        import requests
+
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"retrieval url must start with http:// or https://, got {url!r}")
+        self.url = url
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+
+    def batch_search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
+        import requests
+
+        if not queries:
+            return []
+        payload = {"queries": list(queries), "topk": int(topk), "return_scores": True}
+        try:
+            resp = self._session.post(self.url, json=payload, timeout=self.timeout_s)
+        except requests.RequestException as e:
+            raise ConnectionError(f"retrieval server {self.url} unreachable: {e}") from e
+        if resp.status_code != 200:
+            raise RuntimeError(f"retrieval server {self.url} answered {resp.status_code}: {resp.text[:300]}")
+        result = resp.json().get("result")
+        if not isinstance(result, list) or len(result) != len(queries):
+            raise RuntimeError(f"retrieval server {self.url}: expected 'result' with {len(queries)} lists, "
+                               f"got {str(result)[:200]}")
+        return result
+
+
+def load_retriever(kind: str, *, index_dir: str | None = None, url: str | None = None,
+                   encoder_dir: str | None = None):
+    """Builds a retriever: kind "bm25" / "dense" read `index_dir`, kind "http" talks to `url`."""
+    if kind == "http":
+        if not url:
+            raise ValueError("retriever 'http' needs retrieval_url, e.g. http://127.0.0.1:8000/retrieve")
+        return HttpRetriever(url)
+    if kind not in ("bm25", "dense"):
+        raise ValueError(f"retriever must be 'bm25', 'dense' or 'http', got {kind!r}")
+    if not index_dir:
+        raise ValueError(f"retriever {kind!r} needs an index directory")
+    if kind == "bm25":
+        return BM25Retriever.load(index_dir)
+    return DenseRetriever.load(index_dir, encoder_dir=encoder_dir)

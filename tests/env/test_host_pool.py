@@ -1,0 +1,65 @@
+"""Several hosts behind one client (placement, failover), token auth and TLS, on loopback."""
+
+import asyncio
+import collections
+import shutil
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agentic.env.client import EnvClient
+from agentic.env.errors import EnvAuthError, EnvHostUnavailable, SessionLost
+from agentic.env.testing import HostProcess
+
+
+def test_placement_spreads_sessions_and_fails_over_to_healthy_hosts():
+    a, b = HostProcess(["echo"]).start(), HostProcess(["echo"]).start()
+    try:
+        async def body():
+            async with EnvClient([a.address, b.address]) as client:
+                sessions = [(await client.open("echo", {"turns": 50}))[0] for _ in range(20)]
+                spread = collections.Counter(s.host for s in sessions)
+                a.kill()
+                lost = 0
+                for s in sessions:
+                    try:
+                        await client.step(s, "x")
+                    except SessionLost:
+                        lost += 1
+                placed = [(await client.open("echo", {"turns": 2}))[0] for _ in range(10)]
+                steps = [await client.step(s, "y") for s in placed]
+                return spread, lost, collections.Counter(s.host for s in placed), steps, client.hosts()
+
+        spread, lost, placed, steps, hosts = asyncio.run(body())
+        assert spread[a.address] == spread[b.address] == 10  # least-loaded placement alternates
+        assert lost == 10
+        assert placed == {b.address: 10} and all(s.observation == "y" for s in steps)
+        assert [h["healthy"] for h in hosts] == [False, True]
+    finally:
+        a.kill()
+        b.kill()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a test certificate")
+def test_token_auth_over_tls(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    root = cert.read_bytes()
+    with HostProcess(["echo"], "--token", "s3cret", "--tls-cert", str(cert), "--tls-key", str(key)) as host:
+        async def attempt(**kw):
+            async with EnvClient(host.address, connect_timeout_s=2, **kw) as client:
+                session, _ = await client.open("echo")
+                return (await client.step(session, "secure")).observation
+
+        assert asyncio.run(attempt(token="s3cret", tls_root_cert=root)) == "secure"
+        with pytest.raises(EnvAuthError, match="rejected this client's token"):
+            asyncio.run(attempt(token="wrong", tls_root_cert=root))
+        with pytest.raises(EnvHostUnavailable):
+            asyncio.run(attempt(token="s3cret"))  # plaintext to a TLS port
+        with grpc.secure_channel(host.address, grpc.ssl_channel_credentials(root)) as ch:  # health needs no token
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
