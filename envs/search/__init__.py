@@ -41,6 +41,9 @@ register(EnvSpec(
     step_deadline_s=60.0,
     memory_mb=2048,
     description="Search-R1: <search> a corpus (BM25 / dense / HTTP) then <answer>; EM reward",
+    # The conformance episode runs on a small cached synthetic world (built on first use, < 1 s).
+    example_task=lambda: cached_world(200, 0).test_tasks[0],
+    example_kwargs={"world_passages": 200, "world_seed": 0},
 ))
 
 __all__ = ["PROMPT_TEMPLATE", "CachedWorld", "SearchR1Config", "SearchR1Env", "World", "build_world",
