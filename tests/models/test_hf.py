@@ -181,3 +181,21 @@ def test_tiny_models_load_random_with_byte_tokenizer():
     assert tok.decode(ids, skip_special_tokens=True) == "assistant\nñ 日本 🙂"
     msgs = [{"role": "user", "content": "hi"}]
     assert tok.apply_chat_template(msgs) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_load_streams_into_target_shardings(tmp_path):
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devs = np.array(jax.devices()[:4] if len(jax.devices()) >= 4 else jax.devices()[:1])
+    mesh = Mesh(devs.reshape(-1), ("fsdp",))
+    cfg = M.get_config("tiny-qwen2")
+    params = _random_params(cfg)
+    _write_hf_dir(tmp_path / "c", cfg, params, sharded=True)
+    rules = {"embed": "fsdp"}  # shard the model dim; everything else replicated
+    axes = M.param_logical_axes(cfg)
+    shardings = jax.tree.map(lambda ax: NamedSharding(mesh, PartitionSpec(*[rules.get(a) for a in ax])), axes,
+                             is_leaf=lambda x: isinstance(x, tuple))
+    _, p2, _ = load_model(str(tmp_path / "c"), shardings=shardings)
+    for s, x in zip(jax.tree.leaves(shardings), jax.tree.leaves(p2), strict=True):
+        assert x.sharding == s
+    _assert_tree_equal(params, p2)
