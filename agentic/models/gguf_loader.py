@@ -9,6 +9,9 @@ we use HF's rotate-half convention, so the permutation is inverted here.
 
 from __future__ import annotations
 
+import mmap
+import struct
+
 import numpy as np
 
 from agentic.models.config import ModelConfig
@@ -53,29 +56,118 @@ def permute_qk(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, rows // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+class _Cursor:
+    """Sequential little-endian reads over a memory-mapped GGUF header."""
+
+    def __init__(self, mm):
+        self.mm, self.pos = mm, 0
+
+    def scalar(self, code):
+        fmt = _SCALARS[code]
+        (v,) = struct.unpack_from(fmt, self.mm, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return v
+
+    def string(self) -> str:
+        (n,) = struct.unpack_from("<Q", self.mm, self.pos)
+        s = self.mm[self.pos + 8:self.pos + 8 + n].decode("utf-8", errors="replace")
+        self.pos += 8 + n
+        return s
+
+    def value(self, code):
+        if code == _STRING:
+            return self.string()
+        if code == _ARRAY:
+            et, n = self.scalar(4), self.scalar(10)
+            if et == _STRING:
+                return [self.string() for _ in range(n)]
+            if et == _ARRAY:
+                return [self.value(_ARRAY) for _ in range(n)]
+            dt = np.dtype(_SCALARS[et].replace("?", "u1"))
+            arr = np.frombuffer(self.mm, dt, count=n, offset=self.pos)
+            self.pos += n * dt.itemsize
+            return [bool(x) for x in arr] if et == 7 else arr.tolist()
+        return self.scalar(code)
+
+
+def _dequantize(gguf, raw: np.ndarray, qtype) -> np.ndarray:
+    """raw uint8 [rows, row_bytes] -> float32 [rows, row_elems], in chunks of ~4M values.
+
+    Same result as gguf.quants.dequantize, which processes 16 rows at a time (slow on big tensors).
+    """
+    Q = gguf.GGMLQuantizationType
+    if qtype == Q.F32:
+        return raw.view(np.float32)
+    if qtype == Q.F16:
+        return raw.view(np.float16).astype(np.float32)
+    cls = getattr(gguf.quants, qtype.name, None)
+    if cls is None or not hasattr(cls, "dequantize_rows"):
+        return gguf.quants.dequantize(raw, qtype)
+    cls.init_grid()
+    block, tsize = gguf.GGML_QUANT_SIZES[qtype]
+    rows, row_bytes = raw.shape
+    out = np.empty((rows, row_bytes // tsize * block), np.float32)
+    step = max(1, (1 << 22) // max(1, out.shape[1]))
+    for r in range(0, rows, step):
+        out[r:r + step] = cls.dequantize_rows(np.ascontiguousarray(raw[r:r + step]))
+    return out
+
+
 class GGUFFile:
-    """An open GGUF file: metadata fields, config, tokenizer and per-tensor dequantized reads."""
+    """An open GGUF file: metadata fields, config, tokenizer and per-tensor dequantized reads.
+
+    A small reader of our own for the container (header, metadata, tensor index): gguf.GGUFReader
+    takes seconds to index a 49k-token vocabulary. Dequantization uses the gguf package.
+    """
 
     def __init__(self, path: str):
         import gguf  # local: only needed for GGUF
 
         self.path = path
         self._gguf = gguf
-        self.reader = gguf.GGUFReader(path, "r")
-        self.tensors = {t.name: t for t in self.reader.tensors}
-        self._fields_cache: dict | None = None
+        with open(path, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        buf = np.frombuffer(mm, np.uint8)
+        cur = _Cursor(mm)
+        if mm[:4] != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file (bad magic {mm[:4]!r})")
+        cur.pos = 4
+        version = cur.scalar(4)
+        if version not in (2, 3):
+            raise ValueError(f"{path}: unsupported GGUF version {version}")
+        n_tensors, n_kv = cur.scalar(10), cur.scalar(10)
+        self.fields: dict = {}
+        for _ in range(n_kv):
+            key = cur.string()
+            self.fields[key] = cur.value(cur.scalar(4))
+        infos = []
+        for _ in range(n_tensors):
+            name = cur.string()
+            ndim = cur.scalar(4)
+            dims = [cur.scalar(10) for _ in range(ndim)]
+            infos.append((name, dims, cur.scalar(4), cur.scalar(10)))
+        align = int(self.fields.get("general.alignment", 32))
+        data_start = -(-cur.pos // align) * align
+        self.tensors: dict = {}
+        for name, dims, qt, off in infos:
+            try:
+                qtype = gguf.GGMLQuantizationType(qt)
+            except ValueError:
+                raise ValueError(f"{path}: tensor {name!r} has unknown GGML type {qt}") from None
+            block, tsize = gguf.GGML_QUANT_SIZES[qtype]
+            row = dims[0] if dims else 1
+            rows = int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1
+            row_bytes = row // block * tsize
+            start = data_start + off
+            raw = buf[start:start + rows * row_bytes].reshape(rows, row_bytes)
+            self.tensors[name] = (qtype, tuple(reversed(dims)), raw)
 
     def field(self, key, default=None):
-        f = self.reader.fields.get(key)
-        if f is None:
-            return default
-        return f.contents()
-
-    @property
-    def fields(self) -> dict:
-        if self._fields_cache is None:
-            self._fields_cache = {k: self.field(k) for k in self.reader.fields}
-        return self._fields_cache
+        return self.fields.get(key, default)
 
     @property
     def arch(self) -> str:
@@ -99,7 +191,7 @@ class GGUFFile:
         D = int(req("embedding_length"))
         vocab = self.field(f"{arch}.vocab_size")
         if vocab is None:
-            vocab = len(self.reader.fields["tokenizer.ggml.tokens"].data)
+            vocab = len(self.fields["tokenizer.ggml.tokens"])
         head_dim = self.field(f"{arch}.attention.key_length") or self.field(f"{arch}.rope.dimension_count") or D // H
         return ModelConfig(
             arch=arch, vocab_size=int(vocab), hidden_size=D, intermediate_size=int(req("feed_forward_length")),
@@ -113,13 +205,17 @@ class GGUFFile:
             dtype=dtype, param_dtype=param_dtype or dtype)
 
     def tokenizer(self) -> Tokenizer:
-        keys = [k for k in self.reader.fields if k.startswith("tokenizer.")]
-        return Tokenizer.from_gguf_fields({k: self.field(k) for k in keys})
+        return Tokenizer.from_gguf_fields({k: v for k, v in self.fields.items() if k.startswith("tokenizer.")})
 
     def get_gguf(self, name: str) -> np.ndarray:
         """One tensor, dequantized to float32 (numpy layout = HF [out, in])."""
-        t = self.tensors[name]  # KeyError -> reported by the caller with the HF name
-        return self._gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed([int(x) for x in t.shape])))
+        qtype, shape, raw = self.tensors[name]  # KeyError -> reported by the caller with the HF name
+        try:
+            w = _dequantize(self._gguf, raw, qtype)
+        except NotImplementedError:
+            raise ValueError(f"{self.path}: tensor {name!r} has GGML type {qtype.name}, which the gguf package "
+                             "cannot dequantize") from None
+        return w.reshape(shape)
 
     def get_hf(self, config: ModelConfig, hf_name: str) -> np.ndarray:
         """A tensor by its HF name, in HF layout (q/k un-permuted for llama)."""

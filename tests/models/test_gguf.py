@@ -169,3 +169,20 @@ def test_errors_name_the_tensor(tmp_path):
         GGUFFile(_write_gguf(tmp_path / "c.gguf", cfg, t, arch="falcon")).config()
     with pytest.raises(FileNotFoundError, match="no such GGUF"):
         load_model(str(tmp_path / "missing.gguf"))
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q4_K, Q.Q6_K])
+def test_chunked_dequantize_equals_gguf_package(qtype):
+    from agentic.models.gguf_loader import _dequantize
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((70, 512)).astype(np.float32)
+    if qtype in (Q.Q4_K, Q.Q6_K):
+        raw = _random_kquant(70, 512, qtype, rng)
+    elif qtype == Q.F32:
+        raw = x.view(np.uint8)
+    elif qtype == Q.F16:
+        raw = x.astype(np.float16).view(np.uint8)
+    else:
+        raw = gguf.quants.quantize(x, qtype)
+    np.testing.assert_array_equal(_dequantize(gguf, raw, qtype), gguf.quants.dequantize(raw, qtype))
