@@ -9,7 +9,7 @@ mask 0 and log-prob 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 

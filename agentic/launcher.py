@@ -1,0 +1,430 @@
+"""The Sebulba launcher: env hosts, generator, actors, trajectory queue and learner.
+
+`train(config, workdir)` reads top to bottom in stages (devices, model, data,
+env hosts, learner, generator, queue, actors, loop). What runs where:
+
+    main thread ── learner: queue.get ─► update ─► weight sync ─► log / checkpoint
+    actor thread ── asyncio: Actor ── episodes ──► EnvClient (gRPC) ──► env host subprocesses
+                                        └────────► Generator (JaxEngine thread / SGLang HTTP)
+                    finished groups ──► TrajectoryQueue (in process, or gRPC)
+
+In "async" mode actors never wait for the learner (bounded by the queue's
+capacity and the max policy lag); in "sync" mode they collect exactly one
+batch, then pause while the learner trains (verl style), for comparison.
+Rerunning with the same workdir resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from agentic import models
+from agentic.async_thread import AsyncThread
+from agentic.env.local_hosts import local_env_hosts
+from agentic.learner import sharding
+from agentic.learner.learner import Learner, LearnerConfig
+from agentic.metrics import MetricsWriter, mean_metrics
+from agentic.rollout.actor import Actor, ActorConfig
+from agentic.rollout.episode import EpisodeConfig
+from agentic.rollout.trajectory import Trajectory
+from agentic.transport.queue import InProcessTrajectoryQueue, QueueConfig, TrajectoryQueue
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def split_devices(devices, actor_count: int, learner_count: int):
+    """Sebulba's split of local devices into actor (engine) and learner sets.
+
+    actor_count 0 shares the learner's first device with the engine (one-device
+    hosts, CPU); learner_count 0 gives the learner every device not used by actors.
+    """
+    devices = list(devices)
+    if actor_count < 0 or learner_count < 0:
+        raise ValueError("sebulba.actor_devices and sebulba.learner_devices must be >= 0")
+    if actor_count == 0:
+        learner = devices[: learner_count or len(devices)]
+        return learner[:1], learner
+    if actor_count >= len(devices):
+        raise ValueError(f"sebulba.actor_devices={actor_count} leaves no learner device out of {len(devices)}")
+    actors, rest = devices[:actor_count], devices[actor_count:]
+    learner = rest[: learner_count or len(rest)]
+    if len(learner) < (learner_count or 1):
+        raise ValueError(f"sebulba.learner_devices={learner_count}: only {len(rest)} devices left after actors")
+    return actors, learner
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(name: str, dtype: str):
+    """(model config, params, tokenizer). "tiny*" names are random-init with SmolLM2's tokenizer."""
+    if name.startswith("tiny"):
+        tokenizer = models.load_tokenizer("smollm2-135m-instruct")
+        cfg = models.get_config(name).replace(vocab_size=tokenizer.vocab_size, dtype=dtype)
+        return cfg, models.init_params(cfg, jax.random.key(0)), tokenizer
+    return models.load_model(name, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_tasks(data: ml_collections.ConfigDict) -> tuple[list[dict], list[dict]]:
+    """Train and held-out tasks: the synthetic world, or FlashRAG / Search-R1 files."""
+    if data.source == "synthetic":
+        from envs.search import world as world_lib
+
+        world = world_lib.build_world(num_passages=data.world_passages, seed=data.world_seed)
+        hops = set(data.hops)
+        return ([t for t in world.train_tasks if t["hops"] in hops],
+                [t for t in world.test_tasks if t["hops"] in hops])
+    from envs.search import data as data_lib
+
+    return data_lib.read_qa(data.source), data_lib.read_qa(data.eval_source or data.source)
+
+
+class TaskStream:
+    """Endless seeded shuffle of tasks (grain), with a resumable position."""
+
+    def __init__(self, tasks: list[dict], seed: int, state: dict | None = None):
+        import grain
+
+        if not tasks:
+            raise ValueError("no training tasks: check config.data (source, hops)")
+        self._it = iter(grain.MapDataset.source(tasks).shuffle(seed=seed).repeat().to_iter_dataset())
+        if state:
+            self._it.set_state(state)
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def state(self) -> dict:
+        return self._it.get_state()
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerConfig:
+    lc = config.learner.to_dict()
+    lc.pop("batch_groups")
+    lc["mesh_shape"] = tuple(lc["mesh_shape"])
+    if "clip_eps" in lc:
+        lc["clip_eps_low"] = lc["clip_eps_high"] = lc.pop("clip_eps")
+    if "critic_lr" in lc:  # the value head trains with the policy's optimizer here
+        lc.pop("critic_lr")
+    known = {f.name for f in dataclasses.fields(LearnerConfig)}
+    unknown = sorted(set(lc) - known)
+    if unknown:
+        raise ValueError(f"config.learner has unknown fields {unknown}; LearnerConfig takes {sorted(known)}")
+    return LearnerConfig(
+        **lc, total_steps=config.total_steps, temperature=config.actor.temperature, seed=config.seed,
+        checkpoint_dir=os.path.join(os.path.abspath(workdir), "checkpoints"),
+        keep_checkpoints=config.keep_checkpoints, checkpoint_every=1, distributed=False,
+        max_policy_lag=config.queue.max_lag)
+
+
+def actor_config(config: ml_collections.ConfigDict, *, eval_mode: bool = False) -> ActorConfig:
+    a = config.actor
+    episode = EpisodeConfig(
+        max_turns=a.max_turns, max_new_tokens_per_turn=a.max_new_tokens_per_turn,
+        max_total_tokens=a.max_total_tokens, temperature=0.0 if eval_mode else a.temperature,
+        top_p=1.0 if eval_mode else a.top_p)
+    return ActorConfig(group_size=1 if eval_mode else a.group_size,
+                       concurrent_groups=a.concurrent_groups * (a.group_size if eval_mode else 1),
+                       episode_timeout_s=a.episode_timeout_s, episode=episode)
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+def build_generator(config, model_cfg, params, tokenizer, actor_devices, version: int = 0):
+    g = config.generator
+    if g.backend == "engine":
+        from agentic.inference.engine import EngineConfig, JaxEngine
+
+        return JaxEngine(model_cfg, params, tokenizer, EngineConfig(num_slots=g.max_slots, max_len=g.max_seq_len),
+                         devices=list(actor_devices), weight_version=version)
+    if g.backend == "sglang":
+        from agentic.inference.sglang_client import SGLangClient
+
+        urls = [u for u in g.sglang_urls.split(",") if u]
+        if not urls:
+            raise ValueError("generator.backend='sglang' needs generator.sglang_urls (comma-separated)")
+        if not g.weights_dir:
+            raise ValueError("generator.backend='sglang' needs generator.weights_dir, a path every server can read")
+        return SGLangClient(urls)
+    raise ValueError(f"generator.backend must be 'engine' or 'sglang', got {g.backend!r}")
+
+
+class WeightSync:
+    """Moves learner params to the generator after each update (and times it)."""
+
+    def __init__(self, config, generator, model_cfg, tokenizer, actors: AsyncThread):
+        self.config, self.generator, self.model_cfg = config, generator, model_cfg
+        self.tokenizer, self.actors = tokenizer, actors
+
+    def __call__(self, params, version: int) -> float:
+        start = time.monotonic()
+        if self.config.generator.backend == "engine":
+            # Resharded onto the engine's devices; swapped between decode steps, no recompile.
+            # A copy: the learner donates its buffers to the next train step.
+            self.generator.update_params(jax.tree.map(lambda x: x.copy(), params), version)
+        else:
+            path = os.path.join(self.config.generator.weights_dir, f"version_{version:06d}")
+            models.export_hf(self.model_cfg, jax.device_get(params), path, tokenizer=self.tokenizer)
+            self.actors.run(self.generator.update_weights(path, version))
+        return time.monotonic() - start
+
+
+# ----------------------------------------------------------------------------- eval
+
+
+def env_kwargs(config) -> dict:
+    """The env's keyword arguments; the synthetic world is the one the tasks come from."""
+    kwargs = config.env.kwargs.to_dict()
+    if config.data.source == "synthetic":
+        kwargs.update(world_passages=config.data.world_passages, world_seed=config.data.world_seed)
+    return kwargs
+
+
+def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThread) -> dict[str, float]:
+    """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...)."""
+    from agentic.rollout.remote_env import RemoteEnv
+
+    results: list[list[Trajectory]] = []
+
+    async def sink(group):
+        results.append(group)
+
+    async def make_env():
+        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
+
+    actor = Actor(config=actor_config(config, eval_mode=True), generator=generator, tokenizer=tokenizer,
+                  make_env=make_env, tasks=iter(tasks), sink=sink, seed=config.seed + 7, name="eval")
+    actors.run(actor.run())
+    out = mean_metrics(results)
+    out["episodes"] = float(len(results))
+    out.update({k: v for k, v in actor.stats().items() if k.startswith("failures/") or k == "env_failures"})
+    return out
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs the experiment; returns final metrics (including eval EM at start and end)."""
+    start = time.monotonic()
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    if config.distributed:
+        sharding.initialize_distributed()
+    if config.sebulba.mode not in ("async", "sync"):
+        raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
+
+    # ---- devices
+    actor_devs, learner_devs = split_devices(jax.local_devices(), config.sebulba.actor_devices,
+                                             config.sebulba.learner_devices)
+    print(f"devices: actors {actor_devs}, learner {learner_devs}", flush=True)
+
+    # ---- model
+    t = time.monotonic()
+    model_cfg, params, tokenizer = build_model(config.model.name, config.model.dtype)
+    print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
+          f"({time.monotonic() - t:.1f}s)", flush=True)
+
+    # ---- data
+    train_tasks, eval_tasks = load_tasks(config.data)
+    eval_tasks = eval_tasks[: config.eval_tasks]
+    print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval", flush=True)
+
+    stats: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        # ---- env hosts
+        if config.env.hosts:
+            addresses = [a for a in config.env.hosts.split(",") if a]
+        else:
+            t = time.monotonic()
+            addresses = stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts))
+            print(f"env hosts started at {addresses} ({time.monotonic() - t:.1f}s)", flush=True)
+        actors = AsyncThread("actors")
+        stack.callback(actors.close)
+
+        from agentic.env.client import EnvClient
+
+        async def _client():
+            return EnvClient(addresses)
+
+        env_client = actors.run(_client())
+        stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
+
+        # ---- learner
+        mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
+        learner = Learner(learner_config(config, workdir), model_cfg, params, mesh=mesh)
+        stack.callback(learner.close)
+        data_state = learner.restore()
+        start_step = learner.version
+        if data_state is not None:
+            print(f"resumed from checkpoint at step {start_step} ({workdir})", flush=True)
+        tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
+
+        # ---- generator
+        generator = build_generator(config, model_cfg, jax.tree.map(lambda x: x.copy(), learner.params),
+                                    tokenizer, actor_devs, version=learner.version)
+        stack.callback(lambda: actors.run(generator.close(), timeout=60))
+        sync = WeightSync(config, generator, model_cfg, tokenizer, actors)
+        del params
+
+        # ---- queue and actor
+        queue: TrajectoryQueue = InProcessTrajectoryQueue(QueueConfig(
+            capacity_groups=config.queue.capacity_groups, max_lag=config.queue.max_lag, reuse=config.queue.reuse))
+        queue.set_learner_version(learner.version)
+        actor_queue: TrajectoryQueue = queue
+        if config.queue.grpc:
+            from agentic.transport.grpc_queue import GrpcTrajectoryQueue, TrajectoryQueueServer
+
+            server = TrajectoryQueueServer(queue, port=config.queue.port)
+            server.start()
+            stack.callback(server.stop)
+            actor_queue = GrpcTrajectoryQueue(server.address)
+        stack.callback(queue.close)
+
+        from agentic.rollout.remote_env import RemoteEnv
+
+        async def make_env():
+            return RemoteEnv(env_client, config.env.name, env_kwargs(config))
+
+        async def sink(group):
+            while not await actor_queue.aput(group, timeout=5.0):
+                if queue.closed:
+                    return
+
+        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
+                      tasks=tasks, sink=sink, seed=config.seed + start_step)
+        writer = MetricsWriter(workdir, total_steps=config.total_steps)
+        stack.callback(writer.close)
+
+        # ---- eval at the start
+        if start_step == 0 and config.eval_tasks:
+            t = time.monotonic()
+            ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
+            ev["time_s"] = time.monotonic() - t
+            writer.write(0, ev, prefix="eval")
+            stats["eval_start"] = ev
+
+        # ---- loop
+        B = config.learner.batch_groups
+        actor_future = actors.submit(actor.run()) if config.sebulba.mode == "async" else None
+        stopping = _StopFlag()
+        stack.enter_context(stopping)
+        train_start = time.monotonic()
+        last = time.monotonic()
+        idle = {"learner_wait_s": 0.0, "update_s": 0.0, "sync_s": 0.0, "actor_s": 0.0}
+        step = saved = start_step
+        while step < config.total_steps and not stopping.set:
+            if config.time_budget_s and time.monotonic() - start > config.time_budget_s:
+                print(f"time budget of {config.time_budget_s:.0f}s reached at step {step}", flush=True)
+                break
+            t = time.monotonic()
+            if actor_future is None:  # sync: collect one batch while the learner idles
+                actors.run(actor.run(max_groups=B))
+                idle["actor_s"] += time.monotonic() - t
+            groups = []
+            while len(groups) < B and not stopping.set:
+                groups += queue.get(B - len(groups), timeout=2.0)
+                if actor_future is not None and actor_future.done():
+                    actor_future.result()  # re-raises the actor's crash
+                    raise RuntimeError("actor stopped before the learner finished")
+                if actor_future is None and len(groups) < B:
+                    actors.run(actor.run(max_groups=B - len(groups)))
+            if stopping.set:
+                break
+            wait_s = time.monotonic() - t
+            idle["learner_wait_s"] += wait_s
+            trajs = [tr for g in groups for tr in g]
+            lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
+            t = time.monotonic()
+            m = learner.update(trajs)
+            update_s = time.monotonic() - t
+            idle["update_s"] += update_s
+            sync_s = sync(learner.params, learner.version)
+            idle["sync_s"] += sync_s
+            queue.set_learner_version(learner.version)
+            step = learner.version
+            now = time.monotonic()
+            row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor.stats().items()},
+                   **{f"queue/{k}": v for k, v in queue.stats().items()}}
+            row.update(policy_lag=lag, env_failures=actor.stats()["env_failures"], wait_s=wait_s,
+                       update_s=update_s, sync_s=sync_s, step_s=now - last,
+                       tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(now - last, 1e-9))
+            last = now
+            if step % config.log_every == 0:
+                writer.write(step, row)
+            if step % config.checkpoint_every == 0:
+                learner.save(step, data_state={"tasks": tasks.state()}, force=True)
+                saved = step
+        if saved != step:
+            learner.save(step, data_state={"tasks": tasks.state()}, force=True)
+        learner.wait_for_checkpoint()
+        actor.stop()
+        train_s = time.monotonic() - train_start
+        if actor_future is not None:
+            queue.close()
+            with contextlib.suppress(Exception):
+                actor_future.result(timeout=120)
+
+        # ---- eval at the end
+        if config.eval_tasks and not stopping.set:
+            t = time.monotonic()
+            ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
+            ev["time_s"] = time.monotonic() - t
+            writer.write(step, ev, prefix="eval")
+            stats["eval_end"] = ev
+        stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
+                     learner_idle_frac=idle["learner_wait_s"] / max(train_s, 1e-9),
+                     actor_idle_frac=(idle["update_s"] + idle["sync_s"]) / max(train_s, 1e-9)
+                     if actor_future is None else 1.0 - actor.busy_s / max(train_s, 1e-9),
+                     interrupted=stopping.set)
+        writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary")
+    return stats
+
+
+class _StopFlag:
+    """SIGTERM / Ctrl-C: finish the current step, checkpoint, and shut everything down."""
+
+    def __init__(self):
+        self.set = False
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if self.set:  # second signal: stop now
+            raise KeyboardInterrupt
+        print(f"signal {signum}: stopping after this step (again to abort)", flush=True)
+        self.set = True
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -1,0 +1,81 @@
+"""Training metrics: a progress line per step, TensorBoard events and a JSONL log.
+
+Every stage is timed and logged (cleanba style): rollout, queue wait, update,
+weight sync, eval. The JSONL file (`metrics.jsonl` in the workdir) is what
+`experiments/plot.py` draws.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+
+# Keys of the one-line progress summary, in order, with their formats.
+PROGRESS_KEYS = (
+    ("reward", "reward {:.3f}"),
+    ("em", "EM {:.3f}"),
+    ("turns", "turns {:.2f}"),
+    ("search_calls", "search {:.2f}"),
+    ("tokens_per_s", "tok/s {:.0f}"),
+    ("policy_lag", "lag {:.2f}"),
+    ("env_failures", "env-fail {:.0f}"),
+)
+
+
+class MetricsWriter:
+    """Writes scalars to TensorBoard (if available), JSONL and a progress line."""
+
+    def __init__(self, workdir: str, *, total_steps: int, stream=sys.stdout):
+        os.makedirs(workdir, exist_ok=True)
+        self.total_steps = total_steps
+        self.stream = stream
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        self._start = time.monotonic()
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # pragma: no cover - tensorboardX is in requirements
+            self._tb = None
+
+    def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train") -> None:
+        clean = {k: float(v) for k, v in scalars.items() if _is_number(v)}
+        self._jsonl.write(json.dumps({"step": step, "split": prefix, "time_s": time.monotonic() - self._start, **clean}) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+            self._tb.flush()
+        parts = [fmt.format(clean[k]) for k, fmt in PROGRESS_KEYS if k in clean]
+        elapsed = time.monotonic() - self._start
+        print(f"[{prefix} {step:>4}/{self.total_steps}] {elapsed:7.1f}s  " + "  ".join(parts),
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _is_number(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def mean_metrics(groups) -> dict[str, float]:
+    """Averages trajectory rewards and env metrics over a batch of groups."""
+    trajs = [t for g in groups for t in g]
+    if not trajs:
+        return {}
+    out: dict[str, float] = {"reward": sum(t.reward for t in trajs) / len(trajs)}
+    keys = sorted({k for t in trajs for k in t.metrics})
+    for k in keys:
+        vals = [t.metrics[k] for t in trajs if k in t.metrics]
+        out[k] = sum(vals) / len(vals)
+    out["episode_tokens"] = sum(len(t) for t in trajs) / len(trajs)
+    return out

@@ -1,0 +1,168 @@
+"""One multi-turn episode, token in / token out.
+
+The episode is kept as token ids from start to end: the prompt and every
+observation are tokenized once when they arrive (loss mask 0), and model
+tokens are appended exactly as sampled (loss mask 1, with their behavior
+log-probs). Nothing is re-tokenized after the fact.
+
+    prompt ──► generate ──► action ──► env.step ──► observation ──► generate ...
+                (mask 1)                              (mask 0)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+import numpy as np
+
+from agentic.env.protocol import Observation, Step, Task
+from agentic.inference.protocol import GenerateRequest, Generator, SamplingParams
+from agentic.rollout.trajectory import Trajectory
+
+
+class EnvSession(Protocol):
+    """What an episode needs from an env: an in-process `Env` or a remote session."""
+
+    async def reset(self, task: Task) -> Observation: ...
+    async def step(self, action: str) -> Step: ...
+    async def close(self) -> dict[str, float] | None:
+        """Ends the episode; may return its metrics (remote sessions do)."""
+
+
+class TextCodec(Protocol):
+    """The tokenizer surface the episode uses (see `agentic.models` tokenizers)."""
+
+    eos_token_id: int
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
+    def decode(self, ids, skip_special_tokens: bool = False) -> str: ...
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EpisodeConfig:
+    """Limits and sampling of one episode.
+
+    Attributes:
+      max_turns: model turns before the episode is truncated.
+      max_new_tokens_per_turn: generation cap per turn.
+      max_total_tokens: cap on prompt + all turns; reaching it truncates.
+      temperature, top_p, top_k: sampling (temperature 0 = greedy, for eval).
+      use_chat_template: wrap the env's first observation as a user message.
+      stop: stop strings used when the env does not announce its own
+        (envs put theirs in `Observation.info["stop"]`).
+    """
+
+    max_turns: int = 4
+    max_new_tokens_per_turn: int = 500
+    max_total_tokens: int = 4096
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    use_chat_template: bool = True
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.max_turns < 1:
+            raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
+        if self.max_new_tokens_per_turn < 1:
+            raise ValueError(f"max_new_tokens_per_turn must be >= 1, got {self.max_new_tokens_per_turn}")
+        if self.max_total_tokens <= self.max_new_tokens_per_turn // 8:
+            raise ValueError(f"max_total_tokens={self.max_total_tokens} leaves no room for a turn")
+
+
+async def run_episode(
+    *,
+    env: EnvSession,
+    task: Task,
+    generator: Generator,
+    tokenizer: TextCodec,
+    config: EpisodeConfig,
+    episode_id: str,
+    group_id: str,
+    seed: int,
+) -> Trajectory:
+    """Runs one episode to the end and returns its trajectory.
+
+    Env and generator errors propagate (the actor drops the group and counts
+    them); the env session is closed in every case.
+    """
+    tokens: list[int] = []
+    mask: list[int] = []
+    logprobs: list[float] = []
+    turn_starts: list[int] = []
+    versions: list[int] = []
+    reward = 0.0
+    done = truncated = False
+    info: dict[str, Any] = {}
+    try:
+        obs = await env.reset(task)
+        prompt = obs.text
+        if config.use_chat_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": obs.text}], add_generation_prompt=True)
+        tokens += tokenizer.encode(prompt, add_special_tokens=False)
+        mask += [0] * len(tokens)
+        logprobs += [0.0] * len(tokens)
+        prompt_len = len(tokens)
+        stop = tuple(obs.info.get("stop", ())) or config.stop
+        for turn in range(config.max_turns):
+            budget = min(config.max_new_tokens_per_turn, config.max_total_tokens - len(tokens))
+            if budget <= 0:
+                truncated = True
+                break
+            params = SamplingParams(
+                max_new_tokens=budget,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                top_k=config.top_k,
+                stop=stop,
+                stop_token_ids=(tokenizer.eos_token_id,),
+                seed=seed * 1009 + turn,
+            )
+            completion = await generator.generate_one(
+                GenerateRequest(prompt_ids=tuple(tokens), params=params, session_id=episode_id))
+            turn_starts.append(len(tokens))
+            versions.append(completion.weight_version)
+            tokens += completion.token_ids
+            mask += [1] * len(completion.token_ids)
+            logprobs += completion.logprobs
+            action = tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+            step = await env.step(action)
+            reward += step.reward
+            info = dict(step.info)
+            if step.done or step.truncated:
+                done, truncated = step.done, step.truncated
+                break
+            if step.observation:
+                obs_ids = tokenizer.encode(step.observation, add_special_tokens=False)
+                room = config.max_total_tokens - len(tokens)
+                if len(obs_ids) >= room:
+                    truncated = True
+                    break
+                tokens += obs_ids
+                mask += [0] * len(obs_ids)
+                logprobs += [0.0] * len(obs_ids)
+        else:
+            truncated = not done
+    finally:
+        closed = await env.close()
+        await generator.release(episode_id)
+    env_metrics = closed if isinstance(closed, dict) else getattr(env, "metrics", dict)()
+    metrics = {k: float(v) for k, v in {**dict(info.get("metrics", {})), **env_metrics}.items()}
+    metrics.setdefault("turns", float(len(turn_starts)))
+    metrics["response_tokens"] = float(sum(mask))
+    metrics["truncated"] = float(truncated)
+    return Trajectory(
+        tokens=np.asarray(tokens, np.int32),
+        loss_mask=np.asarray(mask, np.int8),
+        behavior_logprobs=np.asarray(logprobs, np.float32),
+        reward=reward,
+        group_id=group_id,
+        policy_version=min(versions) if versions else 0,
+        prompt_len=prompt_len,
+        turn_starts=tuple(turn_starts),
+        truncated=truncated,
+        metrics=metrics,
+        task_id=str(task.get("id", "")),
+    )

