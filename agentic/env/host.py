@@ -245,13 +245,14 @@ class WorkerProcess:
         self._die(f"env worker {self.name} {cause}")
 
     async def _pump_stderr(self) -> None:
+        """Forwards the worker's stderr (and env code's prints) to ours, keeping the last lines for
+        error messages. Reads chunks, not lines: a huge line without newline must not stall the worker."""
         prefix = f"[env worker {self.kind.name}#{self.slot}] ".encode()
-        while line := await self.proc.stderr.readline():
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self.stderr_tail.append(text[:500])
+        while chunk := await self.proc.stderr.read(1 << 16):
+            lines = [line.strip() for line in chunk.decode("utf-8", "replace").splitlines()]
+            self.stderr_tail.extend(line[:500] for line in lines if line)
             with contextlib.suppress(Exception):
-                sys.stderr.buffer.write(prefix + line)
+                sys.stderr.buffer.write(prefix + chunk.rstrip(b"\n").replace(b"\n", b"\n" + prefix) + b"\n")
                 sys.stderr.flush()
 
     def _die(self, cause: str) -> None:

@@ -64,31 +64,37 @@ class Worker:
         self.max_observation_bytes = max_observation_bytes
         self.writer = writer
         self.envs: dict[str, Env] = {}
-        self.running: dict[str, asyncio.Task] = {}
+        self.running: dict[str, tuple[asyncio.Task, int]] = {}  # sid -> (open/step task, message id)
 
     def handle(self, msg: dict[str, Any]) -> None:
         op = msg.get("op")
         if op == "ping":
             self.writer.send({"id": msg["id"], "ok": {"sessions": len(self.envs)}})
         elif op == "cancel":
-            task = self.running.pop(msg["sid"], None)
-            if task is not None:
-                task.cancel()
+            self._interrupt(msg["sid"], "its step was cancelled")
             env = self.envs.pop(msg["sid"], None)
             if env is not None:
                 asyncio.ensure_future(self._close_quietly(env))
         elif op in ("open", "step", "close"):
             task = asyncio.ensure_future(getattr(self, "_" + op)(msg))
             if op != "close":
-                self.running[msg["sid"]] = task
+                self.running[msg["sid"]] = (task, msg["id"])
                 task.add_done_callback(lambda t, sid=msg["sid"]: self._done(sid, t))
         else:
             self.writer.send({"id": msg.get("id", -1), "err": {"kind": pb.INVALID_ARGUMENT,
                                                                 "message": f"unknown worker op {op!r}"}})
 
     def _done(self, sid: str, task: asyncio.Task) -> None:
-        if self.running.get(sid) is task:
+        if self.running.get(sid, (None,))[0] is task:
             del self.running[sid]
+
+    def _interrupt(self, sid: str, why: str) -> None:
+        """Cancels the session's running open/step and answers it (the host may still be waiting)."""
+        running = self.running.pop(sid, None)
+        if running is not None:
+            task, msg_id = running
+            task.cancel()
+            self.writer.send({"id": msg_id, "err": {"kind": pb.SESSION_LOST, "message": f"session ended: {why}"}})
 
     def _observation(self, text: Any) -> tuple[str, bool, dict]:
         if not isinstance(text, str):
@@ -148,9 +154,7 @@ class Worker:
 
     async def _close(self, msg: dict[str, Any]) -> None:
         env = self.envs.pop(msg["sid"], None)
-        task = self.running.pop(msg["sid"], None)
-        if task is not None:
-            task.cancel()
+        self._interrupt(msg["sid"], "it was closed while a step was running")
         metrics = "{}"
         if env is not None:
             try:
@@ -178,8 +182,8 @@ class Worker:
         self.writer.send({"id": msg_id, "err": {"kind": kind, "message": text[:4000]}})
 
     async def shutdown(self) -> None:
-        for task in list(self.running.values()):
-            task.cancel()
+        for sid in list(self.running):
+            self._interrupt(sid, "the worker is shutting down")
         envs, self.envs = list(self.envs.values()), {}
         await asyncio.gather(*(self._close_quietly(env) for env in envs))
 

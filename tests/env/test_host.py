@@ -47,6 +47,17 @@ def info(address) -> pb.InfoResponse:
         return pb_grpc.EnvServiceStub(ch).Info(pb.InfoRequest(), timeout=5)
 
 
+def restarts(address, env: str) -> int:
+    return next(k.worker_restarts for k in info(address).envs if k.name == env)
+
+
+def wait_restarts(address, env: str, at_least: int, timeout_s: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while (n := restarts(address, env)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
 def test_echo_episode_and_metrics(host):
     async def body(client):
         session, obs = await client.open("echo", {"prompt": "hi", "turns": 2})
@@ -140,7 +151,7 @@ def test_sigkill_worker_mid_episode(host):
     assert len(lost) == sum(p == victim for p in pids.values()) and alive
     assert all(f"pid {victim}) was killed by signal SIGKILL" in m for m in lost), lost
     assert new.observation == "new"
-    assert info(host.address).envs[1].worker_restarts >= 1
+    assert wait_restarts(host.address, "faulty", 1) >= 1
 
 
 def test_hung_step_gets_deadline_exceeded_within_deadline(host):
@@ -157,18 +168,14 @@ def test_hung_step_gets_deadline_exceeded_within_deadline(host):
         async_elapsed = time.monotonic() - t0
         await asyncio.sleep(0.2)
         survived = (await client.step(neighbour, "still here")).observation
-        restarts = info(client.hosts()[0]["address"]).envs[1].worker_restarts
+        before = restarts(host.address, "faulty")
         t0 = time.monotonic()
         with pytest.raises(EnvDeadlineExceeded):
             await client.step(neighbour, "block:30")  # blocks the worker's loop: it is recycled
         blocking_elapsed = time.monotonic() - t0
-        for _ in range(100):  # the recycled worker comes back
-            after = info(client.hosts()[0]["address"]).envs[1].worker_restarts
-            if after > restarts:
-                break
-            await asyncio.sleep(0.05)
+        after = wait_restarts(host.address, "faulty", before + 1)
         fresh, _ = await client.open("faulty")
-        return async_elapsed, survived, blocking_elapsed, restarts, after, await client.step(fresh, "ok")
+        return async_elapsed, survived, blocking_elapsed, before, after, await client.step(fresh, "ok")
 
     async_elapsed, survived, blocking_elapsed, before, after, ok = run(body, host.address)
     assert 0.9 < async_elapsed < 1.6 and 0.9 < blocking_elapsed < 1.6
@@ -293,11 +300,10 @@ def test_sigterm_drains_in_flight_steps_and_reaps_idle_sessions():
 def test_leaking_worker_is_recycled_at_its_memory_limit(host):
     async def body(client):
         session, _ = await client.open("leaky")
-        await client.step(session, "leak:200")  # over the kind's memory_mb=150
-        for _ in range(60):
-            await asyncio.sleep(0.1)
+        for action in ["leak:200"] + ["hi"] * 60:  # 200 MB: over the kind's memory_mb=150
             try:
-                await client.step(session, "hi")
+                await client.step(session, action)
+                await asyncio.sleep(0.1)
             except SessionLost as e:
                 fresh, _ = await client.open("leaky")
                 return str(e), await client.step(fresh, "ok")
@@ -305,3 +311,17 @@ def test_leaking_worker_is_recycled_at_its_memory_limit(host):
 
     cause, ok = run(body, host.address)
     assert "exceeded the 150 MB limit of env 'leaky'" in cause and ok.observation == "ok"
+
+
+def test_close_during_a_step_answers_the_step_at_once(host):
+    async def body(client):
+        session, _ = await client.open("faulty")
+        t0 = time.monotonic()
+        step = asyncio.ensure_future(client.step(session, "sleep:0.9"))
+        await asyncio.sleep(0.1)
+        await client.close(session)
+        with pytest.raises(SessionLost, match="closed while a step was running"):
+            await step
+        return time.monotonic() - t0
+
+    assert run(body, host.address) < 0.7
