@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 Task = Mapping[str, Any]
 
@@ -41,8 +42,9 @@ class Step:
             Empty when the env has nothing to say (e.g. the episode is done).
         reward: reward for this step; rewards may arrive on any step.
         done: the episode ended by the env's own rules (answer given, game won).
-        truncated: the episode was cut short (turn limit, observation truncated by
-            the host...); the reason is in `info`.
+        truncated: the episode was cut short (turn limit...); the reason is in `info`.
+            An observation the env host cut to its size limit does not end the episode:
+            the host flags it in `info["observation_truncated"]` instead.
         info: JSON-serializable extras, including per-episode `metrics` on the last
             step (see `Env.metrics`).
     """
@@ -65,7 +67,7 @@ class Env(abc.ABC):
     async def step(self, action: str) -> Step:
         """Applies the model's action text and returns what follows."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027  (optional hook)
         """Releases the episode's resources. Called exactly once, also on failure."""
 
     def metrics(self) -> dict[str, float]:
