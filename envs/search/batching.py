@@ -1,10 +1,10 @@
 """Micro-batching: queries from concurrent episodes that arrive within a few ms share one call.
 
-A `MicroBatcher` owns one worker thread. Callers (any thread, any asyncio loop) enqueue a query;
-the worker takes the first waiting query, keeps collecting until `max_wait_ms` has passed since
-that query arrived or `max_batch` queries are waiting, and answers all of them with one
-`retriever.batch_search` call. While a batch runs, new queries queue up and form the next batch,
-so under load batches grow on their own. `max_batch=1` is the one-query-per-call baseline.
+A `MicroBatcher` owns a few worker threads. Callers (any thread, any asyncio loop) enqueue a
+query; a worker takes the first waiting query, keeps collecting until `max_wait_ms` has passed
+since that query arrived or `max_batch` queries are waiting, and answers all of them with one
+`retriever.batch_search` call, waking each caller's event loop once per batch. While a batch
+runs, new queries queue up and form the next batch, so under load batches grow on their own.
 """
 
 from __future__ import annotations
@@ -32,52 +32,69 @@ class MicroBatcher:
         retriever: anything with `batch_search(queries, topk)`.
         max_batch: most queries per call (1 disables batching).
         max_wait_ms: how long the first query of a batch waits for company.
+        workers: batches served at once, each by its own thread (retrievers that release the GIL,
+            numpy / faiss / HTTP, use several cores this way).
 
     Attributes:
         calls / queries: counters of `batch_search` calls and queries served (for benchmarks).
     """
 
-    def __init__(self, retriever: Retriever, *, max_batch: int = 256, max_wait_ms: float = 5.0):
+    def __init__(self, retriever: Retriever, *, max_batch: int = 256, max_wait_ms: float = 5.0,
+                 workers: int = 2):
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
         self.retriever = retriever
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.calls = 0
         self.queries = 0
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._take = threading.Lock()  # one worker at a time gathers a batch
+        self._count = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="retrieval-microbatcher", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name=f"retrieval-microbatcher-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
 
     async def search(self, query: str, topk: int) -> list[Hit]:
         """Top-`topk` hits for one query, batched with whatever else is waiting."""
-        return await asyncio.wrap_future(self.submit(query, topk))
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._put(query, topk, (loop, fut))
+        return await fut
 
     async def search_many(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
         return list(await asyncio.gather(*(self.search(q, topk) for q in queries)))
 
     def submit(self, query: str, topk: int) -> concurrent.futures.Future:
         """Thread-safe, non-blocking: a future of the hits of `query`."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._put(query, topk, fut)
+        return fut
+
+    def _put(self, query: str, topk: int, waiter) -> None:
         if self._closed:
             raise RuntimeError("MicroBatcher is closed")
-        fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((query, int(topk), fut))
-        return fut
+        self._queue.put((query, int(topk), waiter))
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join(timeout=5)
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join(timeout=5)
 
-    def _run(self) -> None:
-        while True:
+    def _gather(self) -> list | None:
+        with self._take:
             item = self._queue.get()
             if item is None:
-                return
+                return None
             batch = [item]
             deadline = time.monotonic() + self.max_wait_s
             while len(batch) < self.max_batch:
@@ -92,25 +109,49 @@ class MicroBatcher:
                     except queue.Empty:
                         break
                 if nxt is None:
-                    self._queue.put(None)  # finish this batch, then stop
+                    self._queue.put(None)  # finish this batch; the sentinel stops a worker next
                     break
                 batch.append(nxt)
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._gather()) is not None:
             self._serve(batch)
 
-    def _serve(self, batch: list[tuple[str, int, concurrent.futures.Future]]) -> None:
-        live = [b for b in batch if b[2].set_running_or_notify_cancel()]
-        if not live:
-            return
-        k = max(b[1] for b in live)
+    def _serve(self, batch: list[tuple[str, int, Any]]) -> None:
+        k = max(b[1] for b in batch)
         try:
-            results = self.retriever.batch_search([b[0] for b in live], k)
-            if len(results) != len(live):
-                raise RuntimeError(f"retriever returned {len(results)} results for {len(live)} queries")
-        except BaseException as e:  # every waiter learns about the failure
-            for b in live:
-                b[2].set_exception(e)
-            return
-        self.calls += 1
-        self.queries += len(live)
-        for (_, topk, fut), hits in zip(live, results, strict=True):
-            fut.set_result(hits[:topk])
+            results = self.retriever.batch_search([b[0] for b in batch], k)
+            if len(results) != len(batch):
+                raise RuntimeError(f"retriever returned {len(results)} results for {len(batch)} queries")
+            outcomes = [(waiter, hits[:topk], None) for (_, topk, waiter), hits in zip(batch, results, strict=True)]
+            with self._count:
+                self.calls += 1
+                self.queries += len(batch)
+        except Exception as e:  # every waiter learns about the failure
+            outcomes = [(waiter, None, e) for _, _, waiter in batch]
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for waiter, hits, error in outcomes:
+            if isinstance(waiter, concurrent.futures.Future):
+                if waiter.set_running_or_notify_cancel():
+                    _settle(waiter, hits, error)
+            else:
+                by_loop.setdefault(waiter[0], []).append((waiter[1], hits, error))
+        for loop, items in by_loop.items():  # one wake-up per event loop per batch
+            try:
+                loop.call_soon_threadsafe(_resolve, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
+
+
+def _settle(fut, hits, error: BaseException | None) -> None:
+    if error is None:
+        fut.set_result(hits)
+    else:
+        fut.set_exception(error)
+
+
+def _resolve(items: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+    for fut, hits, error in items:
+        if not fut.done():  # the episode may have been cancelled meanwhile
+            _settle(fut, hits, error)

@@ -164,3 +164,17 @@ def test_retrieve_endpoint_speaks_search_r1(world, index_dir):
         thread.join(timeout=10)
     with pytest.raises(ConnectionError, match="unreachable"):
         HttpRetriever(url, timeout_s=2).batch_search(["q"], 1)
+
+
+def test_bm25_scores_equal_bm25s(world, index_dir):
+    """Our numpy scorer returns bm25s's own ranking and scores (ties aside)."""
+    import bm25s
+
+    retriever = load_retriever("bm25", index_dir=index_dir)
+    queries = [t["question"] for t in world.test_tasks[:100]]
+    ours = retriever.batch_search(queries, 5)
+    tokens = bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
+    _, scores = retriever.model.retrieve(tokens, k=5, show_progress=False, backend_selection="numpy")
+    for hits, ref in zip(ours, scores, strict=True):
+        # bm25s pads with score-0 documents that match no query word; those are not hits here
+        np.testing.assert_allclose([h["score"] for h in hits], ref[ref > 0], rtol=1e-5)
