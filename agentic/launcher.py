@@ -93,18 +93,19 @@ def load_tasks(data: ml_collections.ConfigDict) -> tuple[list[dict], list[dict]]
                 [t for t in world.test_tasks if t["hops"] in hops])
     from envs.search import data as data_lib
 
-    return data_lib.read_qa(data.source), data_lib.read_qa(data.eval_source or data.source)
+    return data_lib.read_tasks(data.source), data_lib.read_tasks(data.eval_source or data.source)
 
 
 class TaskStream:
-    """Endless seeded shuffle of tasks (grain), with a resumable position."""
+    """Endless seeded shuffle of this process's shard of the tasks (a grain pipeline), resumable."""
 
     def __init__(self, tasks: list[dict], seed: int, state: dict | None = None):
-        import grain
+        from envs.search.data import task_dataset
 
         if not tasks:
             raise ValueError("no training tasks: check config.data (source, hops)")
-        self._it = iter(grain.MapDataset.source(tasks).shuffle(seed=seed).repeat().to_iter_dataset())
+        self._it = iter(task_dataset(tasks, seed=seed, shard_index=jax.process_index(),
+                                     shard_count=jax.process_count()))
         if state:
             self._it.set_state(state)
 
@@ -239,31 +240,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     if config.sebulba.mode not in ("async", "sync"):
         raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
 
-    # ---- devices
-    actor_devs, learner_devs = split_devices(jax.local_devices(), config.sebulba.actor_devices,
-                                             config.sebulba.learner_devices)
-    print(f"devices: actors {actor_devs}, learner {learner_devs}", flush=True)
-
-    # ---- model
-    t = time.monotonic()
-    model_cfg, params, tokenizer = build_model(config.model.name, config.model.dtype)
-    print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
-          f"({time.monotonic() - t:.1f}s)", flush=True)
-
-    # ---- data
-    train_tasks, eval_tasks = load_tasks(config.data)
-    eval_tasks = eval_tasks[: config.eval_tasks]
-    print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval", flush=True)
-
     stats: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
-        # ---- env hosts
+        # ---- env hosts (first: forking after JAX has started its threads is unsafe)
         if config.env.hosts:
             addresses = [a for a in config.env.hosts.split(",") if a]
         else:
             t = time.monotonic()
             addresses = stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts))
             print(f"env hosts started at {addresses} ({time.monotonic() - t:.1f}s)", flush=True)
+
+        # ---- devices
+        actor_devs, learner_devs = split_devices(jax.local_devices(), config.sebulba.actor_devices,
+                                                 config.sebulba.learner_devices)
+        print(f"devices: actors {actor_devs}, learner {learner_devs}", flush=True)
+
+        # ---- model
+        t = time.monotonic()
+        model_cfg, params, tokenizer = build_model(config.model.name, config.model.dtype)
+        print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
+              f"({time.monotonic() - t:.1f}s)", flush=True)
+
+        # ---- data
+        train_tasks, eval_tasks = load_tasks(config.data)
+        eval_tasks = eval_tasks[: config.eval_tasks]
+        print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval", flush=True)
+
         actors = AsyncThread("actors")
         stack.callback(actors.close)
 
@@ -336,7 +338,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         stack.enter_context(stopping)
         train_start = time.monotonic()
         last = time.monotonic()
-        idle = {"learner_wait_s": 0.0, "update_s": 0.0, "sync_s": 0.0, "actor_s": 0.0}
+        idle = {"learner_wait_s": 0.0, "update_s": 0.0, "sync_s": 0.0}
+        actor.busy_s = 0.0
         step = saved = start_step
         while step < config.total_steps and not stopping.set:
             if config.time_budget_s and time.monotonic() - start > config.time_budget_s:
@@ -345,7 +348,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             t = time.monotonic()
             if actor_future is None:  # sync: collect one batch while the learner idles
                 actors.run(actor.run(max_groups=B))
-                idle["actor_s"] += time.monotonic() - t
             groups = []
             while len(groups) < B and not stopping.set:
                 groups += queue.get(B - len(groups), timeout=2.0)
@@ -399,8 +401,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             stats["eval_end"] = ev
         stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
                      learner_idle_frac=idle["learner_wait_s"] / max(train_s, 1e-9),
-                     actor_idle_frac=(idle["update_s"] + idle["sync_s"]) / max(train_s, 1e-9)
-                     if actor_future is None else 1.0 - actor.busy_s / max(train_s, 1e-9),
+                     actor_idle_frac=1.0 - min(actor.busy_s / max(train_s, 1e-9), 1.0),
                      interrupted=stopping.set)
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary")
     return stats

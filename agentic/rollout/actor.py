@@ -75,7 +75,9 @@ class Actor:
         self.failures: collections.Counter[str] = collections.Counter()
         self.groups_done = 0
         self.episodes_done = 0
-        self.busy_s = 0.0  # time with at least one episode in flight
+        self.busy_s = 0.0  # time with at least one group's episodes running (not waiting on the queue)
+        self._active = 0
+        self._busy_since = 0.0
         self.consecutive_failures = 0
         self.last_error: BaseException | None = None
         self.paused = asyncio.Event()
@@ -91,7 +93,15 @@ class Actor:
         episodes = []
         for i in range(self.config.group_size):
             episodes.append(self._one_episode(task, gid, f"{gid}-e{i}", next(self._seed)))
-        results = await asyncio.gather(*episodes, return_exceptions=True)
+        if self._active == 0:
+            self._busy_since = time.monotonic()
+        self._active += 1
+        try:
+            results = await asyncio.gather(*episodes, return_exceptions=True)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self.busy_s += time.monotonic() - self._busy_since
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             for e in errors:
@@ -117,7 +127,6 @@ class Actor:
         """Keeps `concurrent_groups` groups in flight until stopped, out of tasks, or `max_groups` done."""
         in_flight: set[asyncio.Task] = set()
         started = 0
-        busy_since = None
 
         async def one(task: Task):
             group = await self.run_group(task)
@@ -140,8 +149,6 @@ class Actor:
                     break
                 in_flight.add(asyncio.create_task(one(task)))
                 started += 1
-            if in_flight and busy_since is None:
-                busy_since = time.monotonic()
             if not in_flight:
                 if self._stop or (max_groups is not None and started >= max_groups):
                     return
@@ -152,9 +159,6 @@ class Actor:
                 if t.exception() is not None:
                     self.failures[type(t.exception()).__name__] += 1
                     log.error("%s: group sink failed: %r", self.name, t.exception())
-            if not in_flight and busy_since is not None:
-                self.busy_s += time.monotonic() - busy_since
-                busy_since = None
 
     def stats(self) -> dict[str, float]:
         out = {"groups": float(self.groups_done), "episodes": float(self.episodes_done),
