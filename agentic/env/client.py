@@ -26,9 +26,10 @@ What it does for you:
   every `refresh_s`, plus this client's own opens since). A session stays pinned
   to its host (`Session.host`).
 - Batching: concurrent `open`/`step`/`close` calls to one host are coalesced into
-  streaming `Batch` RPCs (up to `max_batch` ops each, `max_inflight_batches` in
-  flight per host); results stream back as each op completes, so a slow step
-  does not hold back the others. Per-call code stays one-episode-at-a-time.
+  streaming `Batch` RPCs (up to `max_batch` ops each; while `max_inflight_batches`
+  batches wait for their first results, at most `batch_hold_s`, new ops queue and
+  go together); results
+  stream back as each op completes, so a slow step does not hold back the others. Per-call code stays one-episode-at-a-time.
 - Retries only where safe: `open` moves on to the next host on
   RESOURCE_EXHAUSTED / UNAVAILABLE / draining; `close` is idempotent and retried
   once; `step` is never retried (it is not idempotent).
@@ -163,12 +164,30 @@ class _Host:
             self.inflight += 1
             asyncio.ensure_future(self._send(batch))
 
+    def _release_slot(self) -> None:
+        self.inflight -= 1
+        if self.queue and not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     async def _send(self, batch: list[tuple[pb.Op, asyncio.Future, float]]) -> None:
+        # A batch holds one of the `max_inflight_batches` slots only until its first results arrive
+        # or `batch_hold_s` passes: the slots make ops queue up (and batch) while the host is busy,
+        # yet slow ops (a 20 s code run) never hold back other sessions' ops for long.
         futures = [fut for _, fut, _ in batch]
+        slot = [True]
+
+        def release():
+            if slot[0]:
+                slot[0] = False
+                self._release_slot()
+
+        timer = asyncio.get_running_loop().call_later(self.client.batch_hold_s, release)
         try:
             call = self.stub.Batch(pb.BatchRequest(ops=[op for op, _, _ in batch]),
                                    timeout=max(t for _, _, t in batch), metadata=self.client.metadata)
             async for response in call:
+                release()
                 for result in response.results:
                     fut = futures[result.index]
                     if not fut.done():
@@ -185,14 +204,12 @@ class _Host:
                 if not fut.done():
                     fut.set_exception(EnvHostUnavailable(f"batch to host failed: {e!r}", host=self.address))
         finally:
-            self.inflight -= 1
+            timer.cancel()
+            release()
             for fut in futures:
                 if not fut.done():
                     fut.set_exception(SessionLost("the host ended the batch without answering this op",
                                                   host=self.address))
-            if self.queue and not self.scheduled:
-                self.scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
 
     def _transport_error(self, op: pb.Op, e: grpc.aio.AioRpcError) -> EnvError:
         which = op.WhichOneof("op")
@@ -220,7 +237,9 @@ class EnvClient:
         token: shared secret for hosts started with --token (default $AGENTIC_ENV_TOKEN).
         tls_root_cert: PEM bytes of the CA that signed the hosts' certificates; None = plaintext.
         max_batch: most ops in one Batch RPC.
-        max_inflight_batches: Batch RPCs in flight per host; more queued ops wait and go together.
+        max_inflight_batches: Batch RPCs per host waiting for their first results (at most
+            `batch_hold_s`); while that many wait, new ops queue and leave together in the next batch.
+        batch_hold_s: longest a batch keeps new ops waiting (bounds the delay slow ops can cause).
         deadline_margin_s: added to the env kind's step deadline for the client-side RPC deadline.
         connect_timeout_s: deadline of Info calls (health / load refresh).
         refresh_s: how often host load and health are refreshed in the background.
@@ -229,8 +248,8 @@ class EnvClient:
 
     def __init__(self, hosts: Sequence[str] | str, *, token: str | None = None,
                  tls_root_cert: bytes | None = None, max_batch: int = 1024, max_inflight_batches: int = 2,
-                 deadline_margin_s: float = 5.0, connect_timeout_s: float = 3.0, refresh_s: float = 2.0,
-                 max_message_bytes: int = 64 << 20):
+                 batch_hold_s: float = 0.005, deadline_margin_s: float = 5.0, connect_timeout_s: float = 3.0,
+                 refresh_s: float = 2.0, max_message_bytes: int = 64 << 20):
         if isinstance(hosts, str):
             hosts = [h.strip() for h in hosts.split(",") if h.strip()]
         if not hosts:
@@ -241,6 +260,7 @@ class EnvClient:
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.tls_root_cert = tls_root_cert
         self.max_batch, self.max_inflight_batches = max_batch, max_inflight_batches
+        self.batch_hold_s = batch_hold_s
         self.deadline_margin_s, self.connect_timeout_s = deadline_margin_s, connect_timeout_s
         self.refresh_s, self.max_message_bytes = refresh_s, max_message_bytes
         self.stats: collections.Counter[str] = collections.Counter()

@@ -325,3 +325,21 @@ def test_close_during_a_step_answers_the_step_at_once(host):
         return time.monotonic() - t0
 
     assert run(body, host.address) < 0.7
+
+
+def test_slow_steps_do_not_hold_back_other_sessions(host):
+    async def body(client):
+        slow = [(await client.open("faulty"))[0] for _ in range(4)]
+        fast, _ = await client.open("echo", {"turns": 100})
+        pending = []
+        for s in slow:  # one batch each: every batch of the client holds a slow step
+            pending.append(asyncio.ensure_future(client.step(s, "sleep:0.8")))
+            await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        for i in range(10):
+            await client.step(fast, str(i))
+        elapsed = time.monotonic() - t0
+        await asyncio.gather(*pending)
+        return elapsed
+
+    assert run(body, host.address) < 0.6  # 10 quick steps while 4 slow ones are in flight
