@@ -17,18 +17,29 @@ what CI runs):
   python experiments/search_r1.py --config=experiments/configs/search_r1.py:test \
       --workdir=/tmp/search_r1_test
 
-qwen2_5_3b_tpu / qwen2_5_7b_tpu (the paper's recipe: GRPO n=5, actor lr 1e-6,
+qwen2_5_3b_tpu, qwen2_5_7b_tpu: the paper's recipe (GRPO n=5, actor lr 1e-6,
 KL 0.001 low_var_kl, 4 turns, top-3, 500 response tokens per turn, train batch
-512 prompts, 1005 steps; wiki-18 + e5 retrieval through a Search-R1
-retrieval server; SGLang servers or the embedded engine on actor cores):
+512 prompts, 1005 steps; NQ+HotpotQA training data, wiki-18 + e5 retrieval
+through a Search-R1 retrieval server on each env VM; SGLang servers or the
+embedded engine on actor cores). launch_tpu.sh starts everything and runs, on
+every TPU worker:
 
-  ./launch_tpu.sh --config qwen2_5_7b_tpu --workdir gs://BUCKET/search_r1_7b
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py:qwen2_5_3b_tpu \
+      --workdir=gs://BUCKET/search_r1_3b --config.env.hosts=HOST:50051,...
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py:qwen2_5_7b_tpu \
+      --workdir=gs://BUCKET/search_r1_7b --config.env.hosts=HOST:50051,...
 
-  Expected (paper, Table 3, Qwen2.5-7B-base GRPO): average EM ~0.35-0.43 over
-  NQ/TriviaQA/PopQA/HotpotQA/2wiki/Musique/Bamboogle.
+  Expected: the paper's Table 3 range, average EM over NQ / TriviaQA / PopQA /
+  HotpotQA / 2wiki / Musique / Bamboogle of roughly 0.3 (3B) to 0.4 (7B);
+  check against the paper. Not reproduced here: no TPU is reachable from CI.
 
-qwen2_5_3b_tpu_ppo / qwen2_5_7b_tpu_ppo: the paper's PPO variant (critic lr
-1e-5, GAE lambda=1, gamma=1).
+qwen2_5_3b_tpu_ppo, qwen2_5_7b_tpu_ppo: the paper's PPO variant (GAE with
+lambda=1, gamma=1, a value head; one sample per prompt):
+
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py:qwen2_5_3b_tpu_ppo \
+      --workdir=gs://BUCKET/search_r1_3b_ppo
+  python experiments/search_r1.py --config=experiments/configs/search_r1.py:qwen2_5_7b_tpu_ppo \
+      --workdir=gs://BUCKET/search_r1_7b_ppo
 """
 
 import ml_collections
