@@ -75,7 +75,9 @@ class LearnerConfig:
       loss_agg_mode: see losses.py. loss_agg_norm: the constant of "seq-mean-token-sum-norm"
         (default: the largest sequence bucket).
       grpo_eps: GRPO's std epsilon. gamma, gae_lambda, whiten_advantages, value_coef,
-        value_clip: PPO.
+        value_clip: PPO. value_lr: the value head's learning rate (None: lr). The value head
+        is a linear layer on the policy's last hidden states (a shared trunk: the value loss
+        also trains the transformer, scaled by value_coef).
       off_policy: "none", "tis" or "decoupled" (see train_step.py); tis_cap: TIS truncation.
       max_policy_lag: drop groups older than this many versions (None: keep all).
       micro_batch_size: packed rows per micro-batch (global; multiple of data * fsdp).
@@ -120,6 +122,7 @@ class LearnerConfig:
     whiten_advantages: bool = True
     value_coef: float = 0.5
     value_clip: float | None = 0.2
+    value_lr: float | None = None
     off_policy: str = "tis"
     tis_cap: float = 2.0
     max_policy_lag: int | None = None
@@ -255,7 +258,8 @@ class Learner:
         self._opt = optimizer.make_optimizer(
             config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule, total_steps=config.total_steps,
             final_lr_ratio=config.final_lr_ratio, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
-            weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm)
+            weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+            value_lr=config.value_lr if config.uses_values else None)
         rep = sharding.replicated(self.mesh)
         # Eager init: moments are zeros_like(params) and keep their shardings; the scalars
         # (step counts) land on one device and are replicated over the mesh here.

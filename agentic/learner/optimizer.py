@@ -31,14 +31,16 @@ def learning_rate_schedule(lr: float, *, warmup_steps: int = 0, schedule: str = 
 def make_optimizer(lr: float, *, warmup_steps: int = 0, schedule: str = "constant",
                    total_steps: int | None = None, final_lr_ratio: float = 0.0, b1: float = 0.9,
                    b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
-                   max_grad_norm: float | None = 1.0) -> optax.GradientTransformation:
-    """Global-norm clip, then AdamW on the schedule above.
+                   max_grad_norm: float | None = 1.0, value_lr: float | None = None) -> optax.GradientTransformation:
+    """Global-norm clip (over all trainable params), then AdamW on the schedule above.
 
+    With `value_lr`, the trainable tree must be {"policy": ..., "value": ...}: the value
+    head gets its own AdamW at `value_lr` (same warmup and schedule shape).
     Stacked layers make norm scales [L, D] (2-D); they are told apart from matrices by
     name: any leaf under a key containing "norm" or named "bias"/"scale" gets no decay.
     """
-    sched = learning_rate_schedule(lr, warmup_steps=warmup_steps, schedule=schedule,
-                                   total_steps=total_steps, final_lr_ratio=final_lr_ratio)
+    sched = dict(warmup_steps=warmup_steps, schedule=schedule, total_steps=total_steps,
+                 final_lr_ratio=final_lr_ratio)
 
     def mask(params):
         def keep(path, p):
@@ -47,8 +49,16 @@ def make_optimizer(lr: float, *, warmup_steps: int = 0, schedule: str = "constan
 
         return jax.tree_util.tree_map_with_path(keep, params)
 
+    def adamw(rate):
+        return optax.adamw(learning_rate_schedule(rate, **sched), b1=b1, b2=b2, eps=eps,
+                           weight_decay=weight_decay, mask=mask)
+
     parts = []
     if max_grad_norm:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
-    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask))
+    if value_lr is None:
+        parts.append(adamw(lr))
+    else:
+        labels = lambda t: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in t.items()}  # noqa: E731
+        parts.append(optax.multi_transform({"policy": adamw(lr), "value": adamw(value_lr)}, labels))
     return optax.chain(*parts)
