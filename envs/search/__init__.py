@@ -30,9 +30,18 @@ Pieces:
 """
 
 from agentic.env.registry import EnvSpec, register
-from envs.search.build_index import CachedWorld, cached_world, cached_world_dir
 from envs.search.env import PROMPT_TEMPLATE, SearchR1Config, SearchR1Env, make_env, make_prompt
 from envs.search.world import World, build_world
+
+_LAZY = {"CachedWorld", "cached_world", "cached_world_dir"}  # from build_index, which is also a CLI
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from envs.search import build_index
+
+        return getattr(build_index, name)
+    raise AttributeError(f"module 'envs.search' has no attribute {name!r}")
 
 register(EnvSpec(
     name="search_r1",
@@ -42,7 +51,7 @@ register(EnvSpec(
     memory_mb=2048,
     description="Search-R1: <search> a corpus (BM25 / dense / HTTP) then <answer>; EM reward",
     # The conformance episode runs on a small cached synthetic world (built on first use, < 1 s).
-    example_task=lambda: cached_world(200, 0).test_tasks[0],
+    example_task=lambda: __getattr__("cached_world")(200, 0).test_tasks[0],
     example_kwargs={"world_passages": 200, "world_seed": 0},
 ))
 

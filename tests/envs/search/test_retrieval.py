@@ -1,7 +1,6 @@
 """Retrieval: BM25 index round trip, micro-batching, the Flax encoder, dense retrieval, /retrieve."""
 
 import asyncio
-import threading
 import time
 
 import numpy as np
@@ -123,45 +122,76 @@ def test_cached_world_is_built_once(tmp_path):
     assert isinstance(load_retriever("bm25", index_dir=a.index_dir), BM25Retriever)
 
 
-def _serve(app):
+@pytest.fixture
+def retrieval_server(index_dir):
+    """`python -m envs.search.retrieval_server` as a real process on loopback."""
+    import subprocess
+    import sys
+
     import portpicker
-    import uvicorn
 
     port = portpicker.pick_unused_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "retrieval server did not start"
-        time.sleep(0.02)
-    return server, thread, f"http://127.0.0.1:{port}/retrieve"
-
-
-def test_retrieve_endpoint_speaks_search_r1(world, index_dir):
-    from envs.search.retrieval_server import create_app
-
-    local = load_retriever("bm25", index_dir=index_dir)
-    server, thread, url = _serve(create_app(MicroBatcher(local), default_topk=3))
+    proc = subprocess.Popen([sys.executable, "-m", "envs.search.retrieval_server", "--index", index_dir,
+                             "--port", str(port), "--topk", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}/retrieve"
     try:
-        queries = [world.test_tasks[0]["question"], world.test_tasks[2]["question"]]
-        body = requests.post(url, json={"queries": queries, "topk": 2, "return_scores": True}, timeout=10).json()
-        assert set(body) == {"result"} and len(body["result"]) == 2
-        for hits, expected in zip(body["result"], local.batch_search(queries, 2), strict=True):
-            assert len(hits) == 2
-            for hit in hits:
-                assert set(hit) == {"document", "score"} and set(hit["document"]) == {"id", "contents"}
-                assert isinstance(hit["score"], float) and isinstance(hit["document"]["id"], str)
-            assert hits == expected
-        # Without scores: Search-R1 returns the documents themselves; topk defaults to the server's.
-        body = requests.post(url, json={"queries": queries[:1]}, timeout=10).json()
-        assert len(body["result"][0]) == 3 and set(body["result"][0][0]) == {"id", "contents"}
-        assert requests.post(url, json={"topk": 3}, timeout=10).status_code == 422
-        # Our env's HTTP retriever reads the same server.
-        assert HttpRetriever(url).batch_search(queries, 2) == local.batch_search(queries, 2)
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                requests.get(url.replace("/retrieve", "/health"), timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline, "retrieval server did not start"
+                time.sleep(0.1)
+        yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_retrieve_endpoint_speaks_search_r1(world, index_dir, retrieval_server):
+    url = retrieval_server
+    local = load_retriever("bm25", index_dir=index_dir)
+    queries = [world.test_tasks[0]["question"], world.test_tasks[2]["question"]]
+    body = requests.post(url, json={"queries": queries, "topk": 2, "return_scores": True}, timeout=10).json()
+    assert set(body) == {"result"} and len(body["result"]) == 2
+    for hits, expected in zip(body["result"], local.batch_search(queries, 2), strict=True):
+        assert len(hits) == 2
+        for hit in hits:
+            assert set(hit) == {"document", "score"} and set(hit["document"]) == {"id", "contents"}
+            assert isinstance(hit["score"], float) and isinstance(hit["document"]["id"], str)
+        assert hits == expected
+    # Without scores: Search-R1 returns the documents themselves; topk defaults to the server's.
+    body = requests.post(url, json={"queries": queries[:1]}, timeout=10).json()
+    assert len(body["result"][0]) == 3 and set(body["result"][0][0]) == {"id", "contents"}
+    assert requests.post(url, json={"topk": 3}, timeout=10).status_code == 422
+    # Our env's HTTP retriever reads the same server.
+    assert HttpRetriever(url).batch_search(queries, 2) == local.batch_search(queries, 2)
+
+
+def test_env_over_http_retriever(world, retrieval_server):
+    import agentic.env
+    from envs.search.policies import SearchThenAnswer
+
+    async def episode(task):
+        env = agentic.env.make("search_r1", retriever="http", retrieval_url=retrieval_server)
+        policy, text = SearchThenAnswer(task), (await env.reset(task)).text
+        while not (step := await env.step(policy.act(text))).done:
+            text = step.observation
+        return step.reward
+
+    async def main():
+        return await asyncio.gather(*(episode(t) for t in world.test_tasks[:40]))
+
+    assert np.mean(asyncio.run(main())) >= 0.9
+
+
+def test_unreachable_server_is_a_clear_error():
+    import portpicker
+
+    url = f"http://127.0.0.1:{portpicker.pick_unused_port()}/retrieve"
     with pytest.raises(ConnectionError, match="unreachable"):
         HttpRetriever(url, timeout_s=2).batch_search(["q"], 1)
 
