@@ -128,8 +128,8 @@ def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerCo
     lc["mesh_shape"] = tuple(lc["mesh_shape"])
     if "clip_eps" in lc:
         lc["clip_eps_low"] = lc["clip_eps_high"] = lc.pop("clip_eps")
-    if "critic_lr" in lc:  # the value head trains with the policy's optimizer here
-        lc.pop("critic_lr")
+    if "critic_lr" in lc:  # the paper's critic lr is our value head's
+        lc["value_lr"] = lc.pop("critic_lr")
     known = {f.name for f in dataclasses.fields(LearnerConfig)}
     unknown = sorted(set(lc) - known)
     if unknown:

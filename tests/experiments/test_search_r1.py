@@ -57,9 +57,10 @@ def test_killed_run_resumes_and_finishes(tmp_path):
         time.sleep(0.5)
     assert not env_host_pids() - hosts_before, "env host outlived the killed trainer"
 
-    # Second run, same command: resumes from the checkpoint and finishes.
-    out = subprocess.run(command(workdir, "--config.total_steps=2"), cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    # Second run, same command: resumes from the checkpoint and finishes. Its actors reach the
+    # learner's trajectory queue over gRPC (as actors on other hosts would).
+    out = subprocess.run(command(workdir, "--config.total_steps=2", "--config.queue.grpc=True"), cwd=ROOT,
+                         env=env, capture_output=True, text=True, timeout=300)
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-4000:]
     assert "resumed from checkpoint at step 1" in log
@@ -76,3 +77,12 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     assert os.path.exists(os.path.join(workdir, "curves.png"))
     assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())[-1] == 2
+
+    # The eval script reads the checkpoint and reports EM per dataset (here: per hop count).
+    out = subprocess.run([sys.executable, "experiments/eval_search_r1.py",
+                          "--config=experiments/configs/search_r1.py:test", f"--workdir={workdir}", "--limit=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "step 2  synthetic-1hop" in out.stdout
+    report = json.load(open(os.path.join(workdir, "eval_step2.json")))
+    assert report["datasets"]["synthetic-1hop"]["episodes"] == 2.0
