@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import os
@@ -205,6 +206,9 @@ async def _serve(args: argparse.Namespace, in_fd: int, out_fd: int) -> None:
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out_fd, "wb", 0))
     writer = FrameWriter(transport.write)
     worker = Worker(args.env, args.max_observation_bytes, writer)
+    gc.collect()  # see agentic.env.host._tune_gc
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     writer.send({"op": "ready", "pid": os.getpid()})
     while True:
         messages = await read_frame(reader)

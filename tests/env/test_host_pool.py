@@ -63,3 +63,38 @@ def test_token_auth_over_tls(tmp_path):
         with grpc.secure_channel(host.address, grpc.ssl_channel_credentials(root)) as ch:  # health needs no token
             status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
             assert status.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_frozen_host_gives_a_deadline_error_not_a_hang():
+    import os
+    import signal
+    import time
+
+    from agentic.env.errors import EnvDeadlineExceeded
+
+    h = HostProcess(["faulty"], "--import", "tests.env.faulty_env").start()
+    try:
+        async def body():
+            async with EnvClient(h.address, deadline_margin_s=0.5, connect_timeout_s=1.0) as client:
+                session, _ = await client.open("faulty")
+                os.kill(h.proc.pid, signal.SIGSTOP)  # the host process stops answering (its workers run on)
+                t0 = time.monotonic()
+                try:
+                    with pytest.raises(EnvDeadlineExceeded, match="no answer from the host"):
+                        await client.step(session, "hello")
+                finally:
+                    os.kill(h.proc.pid, signal.SIGCONT)
+                return time.monotonic() - t0
+
+        assert asyncio.run(body()) < 3.0  # the faulty env's 1 s deadline + 0.5 s margin
+    finally:
+        h.kill()
+
+
+def test_no_reachable_host_is_a_typed_error():
+    async def body():
+        async with EnvClient("127.0.0.1:1", connect_timeout_s=0.3) as client:
+            await client.open("echo")
+
+    with pytest.raises(EnvHostUnavailable, match="no reachable host serves env 'echo'"):
+        asyncio.run(body())
