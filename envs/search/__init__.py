@@ -18,7 +18,7 @@ Pieces:
   * `build_index`: on-disk indexes (CLI `python -m envs.search.build_index`), and
     `cached_world(num_passages, seed, cache)` / `cached_world_dir(...)`: the synthetic world with
     its BM25 index under `$AGENTIC_CACHE_DIR` (default `~/.cache/agentic`)/search_r1/, built on
-    first use (about 2 s for 20k passages) and loaded in well under a second afterwards.
+    first use (a few seconds for 20k passages) and loaded in under a second afterwards.
   * `retrieval`: BM25 (bm25s), dense (faiss + `encoder`, a Flax BERT loading HF safetensors) and
     HTTP (any Search-R1 `/retrieve` server) retrievers; `batching.MicroBatcher` batches the
     queries of concurrent episodes into one retrieval call.

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -179,13 +180,18 @@ class HttpRetriever:
     """Client of a Search-R1 compatible `POST /retrieve` server (ours or Search-R1's own)."""
 
     def __init__(self, url: str, timeout_s: float = 60.0):
-        import requests
-
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retrieval url must start with http:// or https://, got {url!r}")
         self.url = url
         self.timeout_s = timeout_s
-        self._session = requests.Session()
+        self._local = threading.local()  # one keep-alive session per calling thread
+
+    def _session(self):
+        import requests
+
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def batch_search(self, queries: Sequence[str], topk: int) -> list[list[Hit]]:
         import requests
@@ -194,7 +200,7 @@ class HttpRetriever:
             return []
         payload = {"queries": list(queries), "topk": int(topk), "return_scores": True}
         try:
-            resp = self._session.post(self.url, json=payload, timeout=self.timeout_s)
+            resp = self._session().post(self.url, json=payload, timeout=self.timeout_s)
         except requests.RequestException as e:
             raise ConnectionError(f"retrieval server {self.url} unreachable: {e}") from e
         if resp.status_code != 200:

@@ -122,7 +122,7 @@ def test_cached_world_is_built_once(tmp_path):
     assert isinstance(load_retriever("bm25", index_dir=a.index_dir), BM25Retriever)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def retrieval_server(index_dir):
     """`python -m envs.search.retrieval_server` as a real process on loopback."""
     import subprocess

@@ -14,9 +14,9 @@ def test_deterministic_and_seeded():
 
 
 def test_default_size_is_fast():
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: steady on a shared machine
     w = W.build_world()
-    assert time.perf_counter() - start < 5.0
+    assert time.process_time() - start < 3.0
     assert len(w.corpus) == 20_000
     assert len(w.train_tasks) > 30_000 and len(w.test_tasks) > 3_000
 
