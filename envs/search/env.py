@@ -174,26 +174,26 @@ def _load_tokenizer(name: str):
 
 
 def _count_and_cut(text: str, budget: int, tokenizer_name: str | None) -> tuple[int, str]:
-    """(tokens in text, text cut to at most `budget` tokens)."""
+    """(tokens in text, text cut after its first `budget` tokens)."""
     if tokenizer_name is None:
-        words = list(re.finditer(r"\S+", text))
-        cut = text if len(words) <= budget else text[: words[budget - 1].end()] if budget > 0 else ""
-        return len(words), cut
-    tok = _load_tokenizer(tokenizer_name)
-    enc = tok.encode(text, add_special_tokens=False)
-    if hasattr(enc, "offsets"):  # tokenizers.Tokenizer
-        n = len(enc.ids)
-        cut = text if n <= budget else text[: enc.offsets[budget - 1][1]] if budget > 0 else ""
-        return n, cut
-    ids = list(enc)
-    return len(ids), text if len(ids) <= budget else tok.decode(ids[:budget])
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+    else:
+        tok = _load_tokenizer(tokenizer_name)
+        enc = tok.encode(text, add_special_tokens=False)
+        if not hasattr(enc, "offsets"):  # an agentic.models tokenizer: ids only
+            ids = list(enc)
+            return len(ids), text if len(ids) <= budget else tok.decode(ids[:budget])
+        ends = [end for _, end in enc.offsets]
+    if len(ends) <= budget:
+        return len(ends), text
+    return len(ends), text[: ends[budget - 1]] if budget > 0 else ""
 
 
 def truncate_observation(passages: str, max_tokens: int, tokenizer_name: str | None = None) -> tuple[str, bool]:
     """Wraps passages in <information> tags, cutting the passages so the whole fits `max_tokens`."""
     wrapper, _ = _count_and_cut(_OBS_PREFIX + _OBS_SUFFIX, max_tokens, tokenizer_name)
     body = passages.strip()
-    n, cut = _count_and_cut(body, max(0, max_tokens - wrapper), tokenizer_name)
+    _, cut = _count_and_cut(body, max(0, max_tokens - wrapper), tokenizer_name)
     return _OBS_PREFIX + cut + _OBS_SUFFIX, cut != body
 
 
@@ -204,6 +204,7 @@ class SearchR1Env(Env):
         self.config = config
         self._batcher = batcher
         self._task: Task | None = None
+        self._gold: list[str] = []
         self._response: list[str] = []  # actions and observations, in order (for the format reward)
         self._turns = 0
         self._search_calls = 0
@@ -219,6 +220,7 @@ class SearchR1Env(Env):
             raise ValueError(f"search_r1 task needs 'question' and 'golden_answers', got keys {sorted(task)}")
         if isinstance(task["golden_answers"], str):
             raise ValueError("search_r1 task 'golden_answers' must be a list of strings, not a string")
+        self._gold = [str(g) for g in task["golden_answers"]]
         if self._batcher is None:  # the first episode of a process loads the index, off the event loop
             self._batcher = await asyncio.to_thread(shared_batcher, self.config)
         self._task = task
@@ -255,7 +257,7 @@ class SearchR1Env(Env):
 
     def _finish(self, info: dict[str, Any], truncated: bool = False) -> Step:
         self._done = True
-        gold = list(self._task["golden_answers"])
+        gold = self._gold
         self._em = float(rewards.em_check(self._answer, gold))
         if self.config.reward == "em":
             self._reward = self._em
