@@ -56,3 +56,5 @@ class LeakyEnv(FaultyEnv):
 
 register(EnvSpec(name="leaky", factory=LeakyEnv, max_sessions=10, step_deadline_s=2.0, memory_mb=150,
                  description="FaultyEnv that leaks memory on command"))
+register(EnvSpec(name="sluggish", factory=FaultyEnv, max_sessions=50, step_deadline_s=10.0,
+                 description="FaultyEnv with a 10 s deadline (slow but legal steps)"))

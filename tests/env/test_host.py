@@ -30,7 +30,7 @@ FAULTY = ("--import", "tests.env.faulty_env")
 
 @pytest.fixture(scope="module")
 def host():
-    with HostProcess(["echo", "faulty", "tiny", "leaky"], *FAULTY, "--workers", "faulty=2",
+    with HostProcess(["echo", "faulty", "tiny", "leaky", "sluggish"], *FAULTY, "--workers", "faulty=2",
                      "--max-observation-bytes", "4096") as h:
         yield h
 
@@ -178,7 +178,7 @@ def test_hung_step_gets_deadline_exceeded_within_deadline(host):
         return async_elapsed, survived, blocking_elapsed, before, after, await client.step(fresh, "ok")
 
     async_elapsed, survived, blocking_elapsed, before, after, ok = run(body, host.address)
-    assert 0.9 < async_elapsed < 1.6 and 0.9 < blocking_elapsed < 1.6
+    assert 0.9 < async_elapsed < 2.0 and 0.9 < blocking_elapsed < 2.0  # the deadline is 1 s
     assert survived == "still here"
     assert after == before + 1 and ok.observation == "ok"
 
@@ -195,7 +195,7 @@ def test_max_sessions_answers_resource_exhausted_at_once(host):
         return elapsed, again
 
     elapsed, _ = run(body, host.address)
-    assert elapsed < 0.5
+    assert elapsed < 1.0
 
 
 def test_batched_steps_report_errors_in_place(host):
@@ -315,25 +315,25 @@ def test_leaking_worker_is_recycled_at_its_memory_limit(host):
 
 def test_close_during_a_step_answers_the_step_at_once(host):
     async def body(client):
-        session, _ = await client.open("faulty")
+        session, _ = await client.open("sluggish")
         t0 = time.monotonic()
-        step = asyncio.ensure_future(client.step(session, "sleep:0.9"))
+        step = asyncio.ensure_future(client.step(session, "sleep:5"))
         await asyncio.sleep(0.1)
         await client.close(session)
         with pytest.raises(SessionLost, match="closed while a step was running"):
             await step
         return time.monotonic() - t0
 
-    assert run(body, host.address) < 0.7
+    assert run(body, host.address) < 2.0  # not the 5 s the step would have taken
 
 
 def test_slow_steps_do_not_hold_back_other_sessions(host):
     async def body(client):
-        slow = [(await client.open("faulty"))[0] for _ in range(4)]
+        slow = [(await client.open("sluggish"))[0] for _ in range(4)]
         fast, _ = await client.open("echo", {"turns": 100})
         pending = []
         for s in slow:  # one batch each: every batch of the client holds a slow step
-            pending.append(asyncio.ensure_future(client.step(s, "sleep:0.8")))
+            pending.append(asyncio.ensure_future(client.step(s, "sleep:2")))
             await asyncio.sleep(0.02)
         t0 = time.monotonic()
         for i in range(10):
@@ -342,4 +342,4 @@ def test_slow_steps_do_not_hold_back_other_sessions(host):
         await asyncio.gather(*pending)
         return elapsed
 
-    assert run(body, host.address) < 0.6  # 10 quick steps while 4 slow ones are in flight
+    assert run(body, host.address) < 1.2  # 10 quick steps while 4 slow (2 s) ones are in flight
