@@ -532,26 +532,33 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             kind.open_sessions -= 1
             raise
         sid = f"{self.host_id}-{next(self._sids)}"
-        session = _Session(sid, kind, worker, time.monotonic(), busy=True)
+        session = _Session(sid, kind, worker, time.monotonic())
         self.sessions[sid] = session
         worker.sessions.add(sid)
-        self.inflight += 1
-        try:
-            reply = await worker.call({"op": "open", "sid": sid, "task": task, "kwargs": kwargs}, kind.deadline_s)
-        except _OpTimeout:
-            raise self._deadline_passed(session, "reset") from None
-        except WorkerDied as e:
-            raise SessionLost(str(e), session_id=sid) from None
-        finally:
-            self.inflight -= 1
-            session.busy = False
+        reply = await self._session_call(session, {"op": "open", "sid": sid, "task": task, "kwargs": kwargs},
+                                         "reset")
         if "err" in reply:
             self._drop(session, "its reset failed")
             raise error_from_kind(reply["err"]["kind"], reply["err"]["message"], session_id=sid)
         ok = reply["ok"]
-        session.last_active = time.monotonic()
         return pb.OpenResponse(session_id=sid, observation=ok["observation"], info_json=ok["info"],
                                observation_truncated=ok["cut"], host_id=self.host_id)
+
+    async def _session_call(self, session: _Session, msg: dict[str, Any], what: str) -> dict[str, Any]:
+        """Sends a session's open or step to its worker (the session is busy meanwhile); a missed
+        deadline and a dead worker become the session's EnvError."""
+        session.busy = True
+        self.inflight += 1
+        try:
+            return await session.worker.call(msg, session.kind.deadline_s)
+        except _OpTimeout:
+            raise self._deadline_passed(session, what) from None
+        except WorkerDied as e:
+            raise SessionLost(str(e), session_id=session.sid) from None
+        finally:
+            self.inflight -= 1
+            session.busy = False
+            session.last_active = time.monotonic()
 
     def _check_action(self, sid: str, action: bytes) -> str:
         if not action:
@@ -570,18 +577,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         session = self._get(sid)
         if session.busy:
             raise SessionBusy("a step is already in flight for this session; wait for it", session_id=sid)
-        session.busy = True
-        self.inflight += 1
-        try:
-            reply = await session.worker.call({"op": "step", "sid": sid, "action": text}, session.kind.deadline_s)
-        except _OpTimeout:
-            raise self._deadline_passed(session, "step") from None
-        except WorkerDied as e:
-            raise SessionLost(str(e), session_id=sid) from None
-        finally:
-            self.inflight -= 1
-            session.busy = False
-            session.last_active = time.monotonic()
+        reply = await self._session_call(session, {"op": "step", "sid": sid, "action": text}, "step")
         if "err" in reply:
             err = error_from_kind(reply["err"]["kind"], reply["err"]["message"], session_id=sid)
             if not isinstance(err, InvalidAction):
