@@ -14,12 +14,15 @@ its own asyncio loop; a session is pinned to one worker. What the host promises:
   DEADLINE_EXCEEDED within the deadline; the step is cancelled in the worker, and
   if the worker does not answer a ping within `--recycle-grace-s` (its event loop
   is stuck, e.g. in a CPU loop) the worker is recycled (killed and restarted).
+- A worker whose memory (RSS) grows past its kind's `memory_mb` (a leak) is
+  recycled the same way, before it can starve the machine.
 - Past `max_sessions` of a kind, opens fail at once with RESOURCE_EXHAUSTED.
 - Garbage never reaches env code: empty, oversized and non-UTF-8 actions and
   unknown session ids get INVALID_ARGUMENT / NOT_FOUND with a message that says why.
 - Sessions idle longer than `--idle-timeout-s` are reaped.
-- SIGTERM drains: health turns NOT_SERVING, opens get UNAVAILABLE, in-flight
-  ops finish (up to `--drain-timeout-s`), then the server stops.
+- SIGTERM drains: health turns NOT_SERVING and opens are refused (HOST_DRAINING);
+  steps are still served until no op is in flight (at most `--drain-timeout-s`),
+  then the server and the workers stop.
 - Binds 127.0.0.1 unless `--bind` says otherwise; `--token` requires
   `authorization: Bearer <token>` metadata (health checks are exempt);
   `--tls-cert/--tls-key` serve TLS. Observations over `--max-observation-bytes`
@@ -390,7 +393,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self.health = health.aio.HealthServicer()
-        self._reaper: asyncio.Task | None = None
+        self._housekeeper: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> int:
@@ -418,7 +421,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         await self.server.start()
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._reaper = asyncio.ensure_future(self._housekeeping())
+        self._housekeeper = asyncio.ensure_future(self._housekeeping())
         return self.port
 
     async def drain_and_stop(self) -> None:
@@ -435,8 +438,8 @@ class EnvHost(pb_grpc.EnvServiceServicer):
 
     async def stop(self) -> None:
         self.stopping = True
-        if self._reaper:
-            self._reaper.cancel()
+        if self._housekeeper:
+            self._housekeeper.cancel()
         if self.server:
             await self.server.stop(grace=1.0)
         await asyncio.gather(*(w.stop() for k in self.kinds.values() for w in k.workers))

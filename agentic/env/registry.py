@@ -25,7 +25,8 @@ class EnvSpec:
         max_sessions: concurrent episodes one env host admits for this kind.
         step_deadline_s: a step slower than this is failed with DEADLINE_EXCEEDED
             and its worker recycled.
-        memory_mb: memory hint per worker process.
+        memory_mb: memory limit of one worker process (RSS); the env host recycles a worker
+            that grows past it (a leak), failing its sessions (`--worker-memory-mb` overrides).
         description: one line for `--help` and error messages.
         example_task: a task (or a zero-argument callable returning one, for tasks that need data
             built first) that the conformance suite (`agentic.env.conformance`) plays; every
