@@ -4,6 +4,7 @@
     cfg = LearnerConfig(algorithm="grpo", lr=1e-6, micro_batch_size=8, mesh_shape=(-1, 1, 1),
                         checkpoint_dir="runs/x/ckpt")
     learner = Learner(cfg, model_config, params)        # params: pytree, loader(shardings), or None
+    # e.g. loader: lambda shardings: models.load_model(name, shardings=shardings)[1]
     metrics = learner.update(trajectories)              # list[Trajectory]; whole GRPO groups
     learner.params, learner.version                     # sharded policy params, policy version
     learner.save(data_state={"batches": 12})            # async orbax save at step = learner.step
@@ -495,8 +496,9 @@ class Learner:
     def save(self, step: int | None = None, *, data_state: dict | None = None, force: bool = False) -> bool:
         """Starts an async save of the train state at `step` (default: optimizer steps taken).
 
-        `data_state` is a JSON dict that lets the data pipeline resume (e.g. a grain
-        iterator's state). Returns False when checkpoint_every skips this step.
+        `data_state` is a JSON-serializable dict that lets the data pipeline resume (e.g. a
+        grain iterator's `get_state()`; decode bytes to str first). Returns False when
+        checkpoint_every skips this step.
         """
         step = self.step if step is None else step
         cfg = {"learner": dataclasses.asdict(self.config), "model": dataclasses.asdict(self.model_config)}
@@ -505,7 +507,10 @@ class Learner:
     def restore(self, step: int | None = None) -> dict | None:
         """Loads the checkpoint at `step` (default latest) into this learner; returns its data state.
 
-        Returns None (and changes nothing) when the directory holds no checkpoint.
+        Restores params, optimizer state, step, version and RNG. The frozen KL reference is
+        not in checkpoints: it stays the params this Learner was built with (build it from
+        the base model, then restore). Returns None (and changes nothing) when the directory
+        holds no checkpoint.
         """
         ck = self._checkpointer()
         if step is None and ck.latest_step() is None:

@@ -18,6 +18,7 @@ with N the number of sequences that have at least one model token.
 Policy losses are registered by name in `POLICY_LOSSES`:
   "ppo_clip"  -A * clip(ratio), token-level, asymmetric eps (low, high), optional dual clip
   "pg"        -A * ratio (no clip; ratio's gradient is grad log pi)
+  "nll"       -log pi (supervised fine-tuning on demonstrations; advantages ignored)
 """
 
 from __future__ import annotations
@@ -145,3 +146,12 @@ def value_loss(values, old_values, returns, *, clip: float | None):
     vc = old_values + jnp.clip(values - old_values, -clip, clip)
     l2 = (vc - returns) ** 2
     return 0.5 * jnp.maximum(l1, l2), (l2 > l1).astype(jnp.float32)
+
+
+@POLICY_LOSSES.register("nll")
+def nll_loss(logp, old_logp, advantages, **_):
+    """Supervised fine-tuning: -log pi on model tokens (advantages and behavior ignored).
+
+    For cold-start SFT on demonstrations; use it with off_policy="none" (no importance weights).
+    """
+    return -logp, jnp.zeros_like(logp)
