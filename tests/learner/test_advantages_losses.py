@@ -85,6 +85,9 @@ def test_ppo_clip_and_dual_clip():
     np.testing.assert_array_equal(clipped, [1, 0, 1, 1])
     loss, _ = losses.POLICY_LOSSES.get("pg")(logp, old, advs)
     np.testing.assert_allclose(loss, [-1.5, -0.5, 0.5, 4.0], rtol=1e-6)
+    # nll ignores advantages: -log p = -log 1.5, -log 0.5, ...
+    loss, _ = losses.POLICY_LOSSES.get("nll")(logp, old, advs)
+    np.testing.assert_allclose(loss, [-math.log(1.5), math.log(2), math.log(2), -math.log(4)], rtol=1e-6)
 
 
 def test_kl_estimators_importance_weights_value_loss():
