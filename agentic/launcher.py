@@ -37,8 +37,9 @@ from agentic.learner.learner import Learner, LearnerConfig
 from agentic.metrics import MetricsWriter, mean_metrics
 from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
+from agentic.rollout.remote_env import RemoteEnv
 from agentic.rollout.trajectory import Trajectory
-from agentic.transport.queue import InProcessTrajectoryQueue, QueueConfig, TrajectoryQueue
+from agentic.transport.queue import InProcessTrajectoryQueue, QueueClosed, QueueConfig, TrajectoryQueue
 
 log = logging.getLogger(__name__)
 
@@ -207,8 +208,6 @@ def env_kwargs(config) -> dict:
 
 def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThread) -> dict[str, float]:
     """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...)."""
-    from agentic.rollout.remote_env import RemoteEnv
-
     results: list[list[Trajectory]] = []
 
     async def sink(group):
@@ -224,6 +223,56 @@ def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThrea
     out["episodes"] = float(len(results))
     out.update({k: v for k, v in actor.stats().items() if k.startswith("failures/") or k == "env_failures"})
     return out
+
+
+# ----------------------------------------------------------------------------- warm start
+
+
+def has_checkpoint(workdir: str) -> bool:
+    ckpt = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
+
+
+def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_client, actors, mesh, writer):
+    """Cold-start SFT on scripted demonstrations (collected through the env hosts); returns new params."""
+    from agentic.rollout.scripted import ScriptedGenerator
+    from envs.search.policies import policy_for_prompt
+
+    ws = config.warm_start
+    t = time.monotonic()
+    groups: list[list[Trajectory]] = []
+
+    async def sink(group):
+        groups.append(group)
+
+    async def make_env():
+        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
+
+    demo_config = actor_config(config, eval_mode=True)
+    # A scripted action is as long as it is (the policy, not the token cap, ends its turn).
+    demo_config = dataclasses.replace(demo_config, episode=dataclasses.replace(
+        demo_config.episode, max_new_tokens_per_turn=max(demo_config.episode.max_new_tokens_per_turn, 256)))
+    actor = Actor(config=demo_config, make_env=make_env, sink=sink,
+                  generator=ScriptedGenerator(tokenizer, policy_for_prompt(train_tasks)), tokenizer=tokenizer,
+                  tasks=TaskStream(train_tasks, config.seed + 1), name="demos")
+    actors.run(actor.run(max_groups=ws.demos))
+    demos = [tr for g in groups for tr in g if tr.metrics.get("em", 0.0) > 0]
+    print(f"warm start: {len(demos)} successful demonstrations of {ws.demos} ({time.monotonic() - t:.1f}s, "
+          f"failures {dict(actor.failures)})", flush=True)
+    if not demos:
+        raise RuntimeError("warm start: no successful demonstration; check the env and config.warm_start")
+    lc = learner_config(config, workdir).replace(
+        policy_loss="nll", off_policy="none", kl_coef=0.0, lr=ws.lr, warmup_steps=0, schedule="constant",
+        total_steps=ws.steps, checkpoint_dir=None, max_policy_lag=None)
+    sft = Learner(lc, model_cfg, params, mesh=mesh)
+    for step in range(ws.steps):
+        batch = [demos[(step * ws.batch + i) % len(demos)] for i in range(ws.batch)]
+        m = sft.update(batch)
+        writer.write(step + 1, {"loss": m["learner/loss"], "tokens_per_s": m.get("perf/tokens_per_s", 0.0)},
+                     prefix="warm_start", total=ws.steps)
+    params = jax.tree.map(lambda x: x.copy(), sft.params)
+    sft.close()
+    return params
 
 
 # ----------------------------------------------------------------------------- train
@@ -277,22 +326,42 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         env_client = actors.run(_client())
         stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
 
-        # ---- learner
+        writer = MetricsWriter(workdir, total_steps=config.total_steps)
+        stack.callback(writer.close)
         mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
+        fresh = not has_checkpoint(workdir)
+
+        # ---- generator (from the initial weights; synced after a warm start or a resume)
+        generator = build_generator(config, model_cfg, jax.tree.map(lambda x: x.copy(), params), tokenizer,
+                                    actor_devs)
+        stack.callback(lambda: actors.run(generator.close(), timeout=60))
+        sync = WeightSync(config, generator, model_cfg, tokenizer, actors)
+
+        # ---- eval at the start
+        if fresh and config.eval_tasks:
+            stats["eval_start"] = ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
+            writer.write(0, ev, prefix="eval")
+
+        # ---- warm start (cold-start SFT on demonstrations), only for a fresh run
+        if fresh and config.warm_start.demos and config.warm_start.steps:
+            params = warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_client, actors,
+                                mesh, writer)
+            sync(params, 0)
+            if config.eval_tasks:
+                stats["eval_warm_start"] = ev = evaluate(config, eval_tasks, generator, tokenizer, env_client,
+                                                         actors)
+                writer.write(0, ev, prefix="eval_warm_start")
+
+        # ---- learner
         learner = Learner(learner_config(config, workdir), model_cfg, params, mesh=mesh)
         stack.callback(learner.close)
+        del params
         data_state = learner.restore()
         start_step = learner.version
         if data_state is not None:
             print(f"resumed from checkpoint at step {start_step} ({workdir})", flush=True)
+            sync(learner.params, learner.version)
         tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
-
-        # ---- generator
-        generator = build_generator(config, model_cfg, jax.tree.map(lambda x: x.copy(), learner.params),
-                                    tokenizer, actor_devs, version=learner.version)
-        stack.callback(lambda: actors.run(generator.close(), timeout=60))
-        sync = WeightSync(config, generator, model_cfg, tokenizer, actors)
-        del params
 
         # ---- queue and actor
         queue: TrajectoryQueue = InProcessTrajectoryQueue(QueueConfig(
@@ -308,29 +377,18 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             actor_queue = GrpcTrajectoryQueue(server.address)
         stack.callback(queue.close)
 
-        from agentic.rollout.remote_env import RemoteEnv
-
         async def make_env():
             return RemoteEnv(env_client, config.env.name, env_kwargs(config))
 
         async def sink(group):
-            while not await actor_queue.aput(group, timeout=5.0):
-                if queue.closed:
-                    return
+            try:
+                while not await actor_queue.aput(group, timeout=5.0):
+                    pass
+            except QueueClosed:  # shutting down: the learner takes no more groups
+                pass
 
         actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
                       tasks=tasks, sink=sink, seed=config.seed + start_step)
-        writer = MetricsWriter(workdir, total_steps=config.total_steps)
-        stack.callback(writer.close)
-
-        # ---- eval at the start
-        if start_step == 0 and config.eval_tasks:
-            t = time.monotonic()
-            ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
-            ev["time_s"] = time.monotonic() - t
-            writer.write(0, ev, prefix="eval")
-            stats["eval_start"] = ev
-
         # ---- loop
         B = config.learner.batch_groups
         actor_future = actors.submit(actor.run()) if config.sebulba.mode == "async" else None
@@ -403,7 +461,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                      learner_idle_frac=idle["learner_wait_s"] / max(train_s, 1e-9),
                      actor_idle_frac=1.0 - min(actor.busy_s / max(train_s, 1e-9), 1.0),
                      interrupted=stopping.set)
-        writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary")
+        writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
+                     quiet=True)
     return stats
 
 

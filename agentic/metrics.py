@@ -22,6 +22,8 @@ PROGRESS_KEYS = (
     ("tokens_per_s", "tok/s {:.0f}"),
     ("policy_lag", "lag {:.2f}"),
     ("env_failures", "env-fail {:.0f}"),
+    ("learner/loss", "loss {:.4f}"),
+    ("loss", "loss {:.4f}"),
 )
 
 
@@ -41,16 +43,19 @@ class MetricsWriter:
         except ImportError:  # pragma: no cover - tensorboardX is in requirements
             self._tb = None
 
-    def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train") -> None:
+    def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train", total: int | None = None,
+              quiet: bool = False) -> None:
         clean = {k: float(v) for k, v in scalars.items() if _is_number(v)}
         self._jsonl.write(json.dumps({"step": step, "split": prefix, "time_s": time.monotonic() - self._start, **clean}) + "\n")
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
             self._tb.flush()
+        if quiet:
+            return
         parts = [fmt.format(clean[k]) for k, fmt in PROGRESS_KEYS if k in clean]
         elapsed = time.monotonic() - self._start
-        print(f"[{prefix} {step:>4}/{self.total_steps}] {elapsed:7.1f}s  " + "  ".join(parts),
+        print(f"[{prefix} {step:>4}/{total or self.total_steps}] {elapsed:7.1f}s  " + "  ".join(parts),
               file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
     rows = read_metrics(workdir)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (key, title) in zip(axes.flat, CURVES, strict=False):
-        for split, style in (("train", "-"), ("eval", "o--")):
+        for split, style in (("train", "-"), ("eval", "o--"), ("eval_warm_start", "s")):
             pts = [(r["step"], r[key]) for r in rows if r.get("split") == split and key in r]
             if pts:
                 xs, ys = zip(*pts, strict=True)

@@ -37,6 +37,8 @@ def main(argv):
         summary["eval_em_end"] = round(end["em"], 4)
     if "em" in start:
         summary["eval_em_start"] = round(start["em"], 4)
+    if "em" in stats.get("eval_warm_start", {}):
+        summary["eval_em_after_warm_start"] = round(stats["eval_warm_start"]["em"], 4)
     print("done:", json.dumps(summary), flush=True)
 
 

@@ -74,3 +74,19 @@ class NoSearch:
 
     def act(self, observation: str) -> str:
         return f"<think>I believe I know this.</think><answer> {self.answer} </answer>"
+
+
+def policy_for_prompt(tasks: Sequence[Mapping[str, Any]]):
+    """Builds `SearchThenAnswer` for an episode from its rendered prompt (for demonstrations).
+
+    The prompt's "Question: ..." line names the task; `tasks` must contain it.
+    """
+    by_question = {str(t["question"]).strip(): t for t in tasks}
+
+    def make(prompt: str) -> SearchThenAnswer:
+        question = prompt.rsplit("Question:", 1)[-1].strip().split("\n", 1)[0].strip()
+        if question not in by_question:
+            raise KeyError(f"no task with question {question!r} for a scripted demonstration")
+        return SearchThenAnswer(by_question[question])
+
+    return make

@@ -59,6 +59,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.time_budget_s = 0.0     # > 0: stop training (and run the final eval) after this long
     c.distributed = False     # jax.distributed.initialize() (TPU pod slices)
 
+    # Cold start (off by default): SFT on scripted search-then-answer demonstrations, run
+    # through the same env hosts, before RL. For models too small to follow the
+    # Search-R1 instruction at all (no reward signal for GRPO).
+    c.warm_start = ml_collections.ConfigDict()
+    c.warm_start.demos = 0             # demonstrations to collect (0 = no warm start)
+    c.warm_start.steps = 0             # SFT optimizer steps
+    c.warm_start.batch = 16            # demonstrations per SFT step
+    c.warm_start.lr = 1e-4
+
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m-instruct"   # registry name, HF dir or .gguf path
     c.model.dtype = "float32"
