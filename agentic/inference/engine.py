@@ -11,8 +11,10 @@ Design (one scheduler step = admit, prefill, one decode step):
   nothing). Finished requests leave at once; nobody waits for a batch to drain.
 * **Fixed shapes.** Prefill runs at (rows, tokens) buckets (powers of
   `bucket_growth`, capped by `max_prefill_batch` / `prefill_chunk`; longer
-  prompts are prefilled in chunks), decode always at [num_slots]. After every
-  bucket has been seen once nothing recompiles; `compile_counts` counts traces.
+  prompts are prefilled in chunks), decode always at [num_slots] with an
+  attention window of 64, 128, ... max_len cache rows (`decode_model`). After
+  every bucket has been seen once nothing recompiles; `compile_counts` counts
+  traces.
 * **Sampling on device** (`agentic.inference.sampling`): per-request
   temperature, top-k, top-p and seed; log-probs per the protocol definition.
 * **Prefix reuse.** When a request ends, its slot keeps the KV of
@@ -50,6 +52,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from agentic import models
+from agentic.inference.decode_model import decode_forward
 from agentic.inference.protocol import Completion, GenerateRequest, Generator, GeneratorError
 from agentic.inference.sampling import sample
 from agentic.inference.stops import Finish, StopChecker, completion_text
@@ -70,6 +73,9 @@ class EngineConfig:
       min_prefill_bucket: smallest prefill token bucket.
       bucket_growth: ratio between consecutive buckets (fewer buckets = fewer
         compilations, more padding).
+      min_decode_kv: smallest decode attention window; a decode step attends
+        the first 64, 128, 256, ... cache rows (doubling up to max_len), the
+        smallest window holding every running sequence.
       cache_dtype: KV cache dtype; None = the model's compute dtype.
       tp_size: devices per model replica ("model" mesh axis); the rest of
         `devices` split the slots ("data" axis).
@@ -82,13 +88,14 @@ class EngineConfig:
     max_prefill_batch: int = 8
     min_prefill_bucket: int = 16
     bucket_growth: int = 4
+    min_decode_kv: int = 64
     cache_dtype: str | None = None
     tp_size: int = 1
     seed: int = 0
 
     def __post_init__(self):
         for f in ("num_slots", "max_len", "prefill_chunk", "max_prefill_batch", "min_prefill_bucket",
-                  "tp_size"):
+                  "min_decode_kv", "tp_size"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.bucket_growth < 2:
@@ -211,8 +218,9 @@ class EngineCore:
         self.row_buckets = _buckets(1, min(ec.max_prefill_batch, ec.num_slots), ec.bucket_growth)
         self.len_buckets = _buckets(ec.min_prefill_bucket, min(ec.prefill_chunk, ec.max_len),
                                     ec.bucket_growth)
+        self.kv_buckets = _buckets(min(ec.min_decode_kv, ec.max_len), ec.max_len, 2)
         self.compile_counts: collections.Counter = collections.Counter()
-        self.stats = collections.Counter()
+        self.stats = collections.Counter()  # token / call counts, and *_s wall seconds
         self._build_fns()
 
         self.slots = [_Slot(tokens=np.zeros(0, np.int32)) for _ in range(ec.num_slots)]
@@ -241,14 +249,15 @@ class EngineCore:
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
-        def decode(params, cache, tokens, positions, temp, top_k, top_p, seeds, steps):
-            counts["decode"] += 1
-            logits, cache = models.forward(config, params, tokens[:, None], positions[:, None], cache=cache)
-            tok, lp = sample(logits[:, 0], temp, top_k, top_p, seeds, steps)
+        def decode(params, cache, tokens, positions, temp, top_k, top_p, seeds, steps, kv_len):
+            counts[f"decode[kv{kv_len}]"] += 1
+            logits, cache = decode_forward(config, params, cache, tokens, positions, kv_len)
+            tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
         self._prefill = jax.jit(prefill, donate_argnums=(1,), out_shardings=(cs, rep, rep))
-        self._decode = jax.jit(decode, donate_argnums=(1,), out_shardings=(cs, rep, rep))
+        self._decode = jax.jit(decode, donate_argnums=(1,), out_shardings=(cs, rep, rep),
+                               static_argnames=("kv_len",))
 
     # ------------------------------------------------------------------ thread-safe entry points
 
@@ -434,9 +443,11 @@ class EngineCore:
                 positions[j, :n] = np.arange(r.pos, r.pos + n)
                 last[j] = n - 1
             samp = self._sampling_arrays(group + [None] * (rows - len(group)), rows)
+            t0 = time.perf_counter()
             self.cache, tok, lp = self._prefill(self.params, self.cache, slots, tokens, positions, last,
                                                 *samp)
             tok, lp = np.asarray(tok), np.asarray(lp)
+            self.stats["prefill_s"] += time.perf_counter() - t0
             self.stats["prefill_calls"] += 1
             for j, r in enumerate(group):
                 n = min(len(r.todo), self.ec.prefill_chunk)
@@ -491,8 +502,11 @@ class EngineCore:
             if r is not None:
                 tokens[i], positions[i] = r.pending, r.pos
         samp = self._sampling_arrays(running, n)
-        self.cache, tok, lp = self._decode(self.params, self.cache, tokens, positions, *samp)
+        kv_len = _fit(self.kv_buckets, int(positions.max()) + 1)
+        t0 = time.perf_counter()
+        self.cache, tok, lp = self._decode(self.params, self.cache, tokens, positions, *samp, kv_len=kv_len)
         tok, lp = np.asarray(tok), np.asarray(lp)
+        self.stats["decode_s"] += time.perf_counter() - t0
         self.stats["decode_steps"] += 1
         for i, r in enumerate(running):
             if r is None:

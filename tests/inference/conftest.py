@@ -58,7 +58,7 @@ def tiny():
     return config, scaled_params(config, 0), ByteTokenizer(config.vocab_size)
 
 
-ENGINE_CONFIG = EngineConfig(num_slots=4, max_len=128, prefill_chunk=32, max_prefill_batch=4,
+ENGINE_CONFIG = EngineConfig(num_slots=4, max_len=128, prefill_chunk=32, max_prefill_batch=4, min_decode_kv=32,
                              min_prefill_bucket=8, bucket_growth=4, seed=0)
 
 

