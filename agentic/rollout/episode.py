@@ -94,7 +94,7 @@ async def run_episode(
     turn_starts: list[int] = []
     versions: list[int] = []
     reward = 0.0
-    done = truncated = False
+    done = truncated = empty_turn = False
     info: dict[str, Any] = {}
     try:
         obs = await env.reset(task)
@@ -128,6 +128,9 @@ async def run_episode(
             mask += [1] * len(completion.token_ids)
             logprobs += completion.logprobs
             action = tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+            if not action:  # e.g. only EOS: nothing to send; the episode ends with what it has earned
+                empty_turn = True
+                break
             step = await env.step(action)
             reward += step.reward
             info = dict(step.info)
@@ -153,6 +156,7 @@ async def run_episode(
     metrics.setdefault("turns", float(len(turn_starts)))
     metrics["response_tokens"] = float(sum(mask))
     metrics["truncated"] = float(truncated)
+    metrics["empty_turn"] = float(empty_turn)
     return Trajectory(
         tokens=np.asarray(tokens, np.int32),
         loss_mask=np.asarray(mask, np.int8),

@@ -20,9 +20,18 @@ def command(workdir, *overrides):
             f"--workdir={workdir}", *overrides]
 
 
-def env_host_pids():
-    out = subprocess.run(["pgrep", "-f", "agentic.env.host"], capture_output=True, text=True).stdout
-    return {int(p) for p in out.split()}
+def env_host_pids(parent: int) -> set[int]:
+    """Env hosts started by `parent` (other runs on the machine may have their own)."""
+    out = subprocess.run(["pgrep", "-P", str(parent), "-f", "agentic.env.host"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return open(f"/proc/{pid}/stat").read().split()[2] != "Z"
 
 
 @pytest.mark.slow
@@ -30,7 +39,6 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     workdir = str(tmp_path / "run")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("XLA_FLAGS", None)  # the experiment runs on the real single CPU device
-    hosts_before = env_host_pids()
 
     # First run: kill it (SIGKILL: no cleanup at all) once step 1 is checkpointed.
     proc = subprocess.Popen(command(workdir, "--config.total_steps=2"), cwd=ROOT, env=env,
@@ -45,6 +53,8 @@ def test_killed_run_resumes_and_finishes(tmp_path):
             assert time.monotonic() < deadline, "no training step within 240 s:\n" + "".join(lines[-30:])
         else:
             pytest.fail("run ended before step 1:\n" + "".join(lines[-30:]))
+        hosts = env_host_pids(proc.pid)
+        assert hosts, "the trainer started no env host"
         ckpt = os.path.join(workdir, "checkpoints")
         while not any(d.isdigit() for d in os.listdir(ckpt)) and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -53,9 +63,9 @@ def test_killed_run_resumes_and_finishes(tmp_path):
         proc.wait()
     # The env host subprocess follows its parent (PDEATHSIG), SIGKILL included.
     end = time.monotonic() + 30
-    while env_host_pids() - hosts_before and time.monotonic() < end:
+    while any(alive(p) for p in hosts) and time.monotonic() < end:
         time.sleep(0.5)
-    assert not env_host_pids() - hosts_before, "env host outlived the killed trainer"
+    assert not any(alive(p) for p in hosts), "env host outlived the killed trainer"
 
     # Second run, same command: resumes from the checkpoint and finishes. Its actors reach the
     # learner's trajectory queue over gRPC (as actors on other hosts would).
