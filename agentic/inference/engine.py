@@ -641,6 +641,8 @@ class JaxEngine(Generator):
         Thread-safe; by default returns once the new weights are live.
         """
         done = self.core.update_params(params, version, flush_cache=flush_cache, wait=False)
+        if not self._thread.is_alive():  # closed or crashed: nothing steps the core, swap here
+            self.core._apply_update()
         self._notify()
         if wait and not done.wait(timeout):
             raise GeneratorError(f"weight update to version {version} not applied within {timeout} s")
