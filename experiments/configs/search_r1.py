@@ -167,8 +167,8 @@ def cpu_default() -> ml_collections.ConfigDict:
     # SmolLM2-135M never uses the <search>/<answer> format on its own (0 of 96 samples at
     # temperature 0 / 0.7 / 1.0), so every GRPO advantage would be 0: start with a short SFT
     # on scripted demonstrations (a cold start), then RL.
-    c.warm_start.demos = 64
-    c.warm_start.steps = 8
+    c.warm_start.demos = 32
+    c.warm_start.steps = 4
     c.warm_start.batch = 8
     c.warm_start.lr = 1e-4
     c.eval_tasks = 32
@@ -184,9 +184,9 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.max_total_tokens = 640
     c.generator.max_slots = 32
     c.generator.max_seq_len = 640
-    c.learner.batch_groups = 4
-    c.queue.capacity_groups = 4         # actors run at most one batch ahead of the learner
-    c.learner.lr = 1e-5
+    c.learner.batch_groups = 2
+    c.queue.capacity_groups = 2         # actors run at most one batch ahead of the learner
+    c.learner.lr = 1e-6                 # the paper's; 2e-5 collapsed the policy here (README, Results)
     c.learner.kl_coef = 0.0
     c.learner.micro_batch_size = 4
     c.learner.compute_dtype = "float32"

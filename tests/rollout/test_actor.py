@@ -1,6 +1,7 @@
 """The actor's episodes, token in / token out, against the real embedded engine (tiny model)."""
 
 import asyncio
+import re
 
 import jax
 import numpy as np
@@ -99,4 +100,5 @@ def test_dead_backend_stops_the_actor_with_the_cause(engine, tokenizer):
     actor, groups, error = run_actor(engine, tokenizer, make_env, [{"prompt": "a"}] * 50,
                                      max_consecutive_failures=3)
     assert groups == [] and error is not None
-    assert "3 groups in a row failed" in str(error) and "sandbox died" in str(error)
+    # Groups in flight when the limit is reached may add to the count.
+    assert re.search(r"\b([3-9]|\d\d+) groups in a row failed", str(error)) and "sandbox died" in str(error)
