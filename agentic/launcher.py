@@ -399,6 +399,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         idle = {"learner_wait_s": 0.0, "update_s": 0.0, "sync_s": 0.0}
         actor.busy_s = 0.0
         step = saved = start_step
+        first_step_done = None
         while step < config.total_steps and not stopping.set:
             if config.time_budget_s and time.monotonic() - start > config.time_budget_s:
                 print(f"time budget of {config.time_budget_s:.0f}s reached at step {step}", flush=True)
@@ -428,6 +429,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             idle["sync_s"] += sync_s
             queue.set_learner_version(learner.version)
             step = learner.version
+            if first_step_done is None:  # compilation happens in the first step: time the rest apart
+                first_step_done = time.monotonic()
             now = time.monotonic()
             row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor.stats().items()},
                    **{f"queue/{k}": v for k, v in queue.stats().items()}}
@@ -444,7 +447,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             learner.save(step, data_state={"tasks": tasks.state()}, force=True)
         learner.wait_for_checkpoint()
         actor.stop()
-        train_s = time.monotonic() - train_start
+        train_end = time.monotonic()
+        train_s = train_end - train_start
         if actor_future is not None:
             queue.close()
             with contextlib.suppress(Exception):
@@ -457,7 +461,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             ev["time_s"] = time.monotonic() - t
             writer.write(step, ev, prefix="eval")
             stats["eval_end"] = ev
+        steady_s = (train_end - first_step_done) if first_step_done is not None else 0.0
         stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
+                     steady_s=steady_s, steady_steps=max(step - start_step - 1, 0),
                      learner_idle_frac=idle["learner_wait_s"] / max(train_s, 1e-9),
                      actor_idle_frac=1.0 - min(actor.busy_s / max(train_s, 1e-9), 1.0),
                      interrupted=stopping.set)
