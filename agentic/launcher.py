@@ -44,6 +44,37 @@ from agentic.transport.queue import InProcessTrajectoryQueue, QueueClosed, Queue
 log = logging.getLogger(__name__)
 
 
+# ----------------------------------------------------------------------------- env hosts
+
+
+def env_hosts(config, stack: contextlib.ExitStack) -> list[str]:
+    """Addresses of `config.env.hosts`, or of local env host subprocesses (closed with `stack`).
+
+    Call it before JAX starts its threads: forking after that is unsafe.
+    """
+    if config.env.hosts:
+        return [a for a in config.env.hosts.split(",") if a]
+    t = time.monotonic()
+    addresses = stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts))
+    print(f"env hosts started at {addresses} ({time.monotonic() - t:.1f}s)", flush=True)
+    return addresses
+
+
+def actor_thread(addresses: list[str], stack: contextlib.ExitStack, name: str = "actors"):
+    """The actors' event-loop thread and its EnvClient (both closed with `stack`)."""
+    from agentic.env.client import EnvClient
+
+    actors = AsyncThread(name)
+    stack.callback(actors.close)
+
+    async def _client():
+        return EnvClient(addresses)
+
+    env_client = actors.run(_client())
+    stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
+    return actors, env_client
+
+
 # ----------------------------------------------------------------------------- devices
 
 
@@ -292,12 +323,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         # ---- env hosts (first: forking after JAX has started its threads is unsafe)
-        if config.env.hosts:
-            addresses = [a for a in config.env.hosts.split(",") if a]
-        else:
-            t = time.monotonic()
-            addresses = stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts))
-            print(f"env hosts started at {addresses} ({time.monotonic() - t:.1f}s)", flush=True)
+        addresses = env_hosts(config, stack)
 
         # ---- devices
         actor_devs, learner_devs = split_devices(jax.local_devices(), config.sebulba.actor_devices,
@@ -315,16 +341,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         eval_tasks = eval_tasks[: config.eval_tasks]
         print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval", flush=True)
 
-        actors = AsyncThread("actors")
-        stack.callback(actors.close)
-
-        from agentic.env.client import EnvClient
-
-        async def _client():
-            return EnvClient(addresses)
-
-        env_client = actors.run(_client())
-        stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
+        actors, env_client = actor_thread(addresses, stack)
 
         writer = MetricsWriter(workdir, total_steps=config.total_steps)
         stack.callback(writer.close)

@@ -49,32 +49,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from agentic import launcher
-    from agentic.async_thread import AsyncThread
-    from agentic.env.client import EnvClient
-    from agentic.env.local_hosts import local_env_hosts
     from agentic.learner.learner import Learner
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     sets = datasets(config, _DATA.value, _LIMIT.value)
     results = {}
     with contextlib.ExitStack() as stack:
-        # Env hosts first: forking after JAX has started its threads is unsafe.
-        addresses = ([a for a in config.env.hosts.split(",") if a] if config.env.hosts
-                     else stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts)))
+        addresses = launcher.env_hosts(config, stack)  # first: before JAX starts its threads
         model_cfg, params, tokenizer = launcher.build_model(config.model.name, config.model.dtype)
         learner = Learner(launcher.learner_config(config, workdir), model_cfg, params)
         stack.callback(learner.close)
         if not os.path.isdir(os.path.join(workdir, "checkpoints")) or learner.restore(_STEP.value) is None:
             raise app.UsageError(f"no checkpoint in {workdir}/checkpoints: train first (experiments/search_r1.py)")
         step = learner.version
-        actors = AsyncThread("eval")
-        stack.callback(actors.close)
-
-        async def _client():
-            return EnvClient(addresses)
-
-        env_client = actors.run(_client())
-        stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
+        actors, env_client = launcher.actor_thread(addresses, stack, name="eval")
         generator = launcher.build_generator(config, model_cfg, learner.params, tokenizer,
                                              [learner.mesh.devices.flat[0]], version=step)
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
