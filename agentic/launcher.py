@@ -237,6 +237,15 @@ def env_kwargs(config) -> dict:
     return kwargs
 
 
+def env_factory(config, env_client):
+    """Builds one remote episode of the configured env per call (the actor's `make_env`)."""
+
+    async def make_env():
+        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
+
+    return make_env
+
+
 def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThread) -> dict[str, float]:
     """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...)."""
     results: list[list[Trajectory]] = []
@@ -244,11 +253,9 @@ def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThrea
     async def sink(group):
         results.append(group)
 
-    async def make_env():
-        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
-
     actor = Actor(config=actor_config(config, eval_mode=True), generator=generator, tokenizer=tokenizer,
-                  make_env=make_env, tasks=iter(tasks), sink=sink, seed=config.seed + 7, name="eval")
+                  make_env=env_factory(config, env_client), tasks=iter(tasks), sink=sink, seed=config.seed + 7,
+                  name="eval")
     actors.run(actor.run())
     out = mean_metrics(results)
     out["episodes"] = float(len(results))
@@ -276,14 +283,11 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
     async def sink(group):
         groups.append(group)
 
-    async def make_env():
-        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
-
     demo_config = actor_config(config, eval_mode=True)
     # A scripted action is as long as it is (the policy, not the token cap, ends its turn).
     demo_config = dataclasses.replace(demo_config, episode=dataclasses.replace(
         demo_config.episode, max_new_tokens_per_turn=max(demo_config.episode.max_new_tokens_per_turn, 256)))
-    actor = Actor(config=demo_config, make_env=make_env, sink=sink,
+    actor = Actor(config=demo_config, make_env=env_factory(config, env_client), sink=sink,
                   generator=ScriptedGenerator(tokenizer, policy_for_prompt(train_tasks)), tokenizer=tokenizer,
                   tasks=TaskStream(train_tasks, config.seed + 1), name="demos")
     actors.run(actor.run(max_groups=ws.demos))
@@ -394,9 +398,6 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             actor_queue = GrpcTrajectoryQueue(server.address)
         stack.callback(queue.close)
 
-        async def make_env():
-            return RemoteEnv(env_client, config.env.name, env_kwargs(config))
-
         async def sink(group):
             try:
                 while not await actor_queue.aput(group, timeout=5.0):
@@ -404,7 +405,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             except QueueClosed:  # shutting down: the learner takes no more groups
                 pass
 
-        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
+        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer,
+                      make_env=env_factory(config, env_client),
                       tasks=tasks, sink=sink, seed=config.seed + start_step)
         # ---- loop
         B = config.learner.batch_groups
@@ -413,7 +415,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         stack.enter_context(stopping)
         train_start = time.monotonic()
         last = time.monotonic()
-        idle = {"learner_wait_s": 0.0, "update_s": 0.0, "sync_s": 0.0}
+        learner_wait_s = 0.0
         actor.busy_s = 0.0
         step = saved = start_step
         first_step_done = None
@@ -435,15 +437,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             if stopping.set:
                 break
             wait_s = time.monotonic() - t
-            idle["learner_wait_s"] += wait_s
+            learner_wait_s += wait_s
             trajs = [tr for g in groups for tr in g]
             lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
             t = time.monotonic()
             m = learner.update(trajs)
             update_s = time.monotonic() - t
-            idle["update_s"] += update_s
             sync_s = sync(learner.params, learner.version)
-            idle["sync_s"] += sync_s
             queue.set_learner_version(learner.version)
             step = learner.version
             if first_step_done is None:  # compilation happens in the first step: time the rest apart
@@ -481,7 +481,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         steady_s = (train_end - first_step_done) if first_step_done is not None else 0.0
         stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
                      steady_s=steady_s, steady_steps=max(step - start_step - 1, 0),
-                     learner_idle_frac=idle["learner_wait_s"] / max(train_s, 1e-9),
+                     learner_idle_frac=learner_wait_s / max(train_s, 1e-9),
                      actor_idle_frac=1.0 - min(actor.busy_s / max(train_s, 1e-9), 1.0),
                      interrupted=stopping.set)
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
