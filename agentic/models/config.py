@@ -49,6 +49,9 @@ class ModelConfig:
       dtype: compute dtype ("float32" or "bfloat16").
       param_dtype: dtype params are created / loaded in.
       remat: rematerialize each block in the backward pass.
+      attention_block: query block size of the training path's causal attention: a
+        query block attends only keys up to its own end, so masked-out score blocks
+        are never computed or stored (0 = one full [T, T] block).
     """
 
     arch: str
@@ -68,6 +71,7 @@ class ModelConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: bool = False
+    attention_block: int = 128
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -81,6 +85,8 @@ class ModelConfig:
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.num_kv_heads}) for GQA")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        if int(self.attention_block) < 0:
+            raise ValueError(f"attention_block must be >= 0, got {self.attention_block}")
         for f in ("dtype", "param_dtype"):
             if getattr(self, f) not in DTYPES:
                 raise ValueError(f"{f} must be one of {DTYPES}, got {getattr(self, f)!r}")

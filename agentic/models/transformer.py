@@ -129,6 +129,19 @@ class Proj(nn.Module):
         return y
 
 
+def _attend(qg, k, v, mask, dtype):
+    """Softmax attention of grouped queries qg [B, T, KVH, G, Dh] over k, v [B, S, KVH, Dh].
+
+    mask: bool [B, T, S]. Scores and softmax in float32; returns [B, T, KVH, G, Dh].
+    """
+    dt = _dt(dtype)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg.astype(dt), k.astype(dt), preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / math.sqrt(qg.shape[-1]))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt))
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
@@ -160,14 +173,15 @@ class Attention(nn.Module):
             k, v = ck, cv
 
         B, T = q.shape[:2]
-        G = H // KVH
-        dt = _dt(c.dtype)
-        qg = q.reshape(B, T, KVH, G, Dh).astype(dt)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt), preferred_element_type=jnp.float32)
-        scores = scores * (1.0 / math.sqrt(Dh))
-        scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(B, T, H, Dh)
+        qg = q.reshape(B, T, KVH, H // KVH, Dh)
+        block = c.attention_block
+        if layer_cache is not None or not block or T <= block:
+            out = _attend(qg, k, v, mask, c.dtype)
+        else:  # causal training path: query block [i, e) needs keys [0, e) only
+            out = jnp.concatenate([_attend(qg[:, i:i + block], k[:, :i + block], v[:, :i + block],
+                                           mask[:, i:i + block, :i + block], c.dtype)
+                                   for i in range(0, T, block)], axis=1)
+        out = out.reshape(B, T, H, Dh)
         out = Proj("bthk,hkd->btd", (H, Dh, D), ("heads", "head_dim", "embed"), name="o_proj", **kw)(out)
         return out, new_cache
 

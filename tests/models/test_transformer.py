@@ -122,6 +122,26 @@ def test_segment_ids_isolate_packed_sequences():
     assert np.isfinite(np.asarray(lp)).all()
 
 
+def test_blocked_attention_equals_one_block():
+    """Query blocks that see only keys up to their own end == one [T, T] block: values and gradients."""
+    cfg, params = _params("tiny-qwen2")
+    params = _randomize(params)
+    T = 45  # blocks of 16: 16 + 16 + 13, two packed sequences crossing a block edge, padding
+    tokens = jax.random.randint(jax.random.key(8), (2, T), 0, cfg.vocab_size)
+    seg = jnp.array([[1] * 20 + [2] * 22 + [0] * 3, [1] * T])
+    pos = jnp.stack([jnp.concatenate([jnp.arange(20), jnp.arange(22), jnp.zeros(3, jnp.int32)]), jnp.arange(T)])
+    full, blocked = cfg.replace(attention_block=0), cfg.replace(attention_block=16)
+
+    def loss(c, p):
+        return (logprobs(c, p, tokens, tokens, pos, segment_ids=seg) * (seg > 0)).sum()
+
+    np.testing.assert_allclose(loss(blocked, params), loss(full, params), rtol=1e-5)
+    g_full = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)(full, params)
+    g_blocked = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)(blocked, params)
+    for a, b in zip(jax.tree.leaves(g_blocked), jax.tree.leaves(g_full), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_param_logical_axes_match_params(name):
     cfg, params = _params(name)
@@ -158,5 +178,7 @@ def test_config_errors():
         M.get_config("tiny").replace(arch="gpt2")
     with pytest.raises(ValueError, match="num_kv_heads"):
         M.get_config("tiny").replace(num_kv_heads=3)
+    with pytest.raises(ValueError, match="attention_block"):
+        M.get_config("tiny").replace(attention_block=-1)
     with pytest.raises(KeyError, match="unknown model"):
         M.get_config("nope")
