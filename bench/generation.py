@@ -135,6 +135,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2, help="timed runs per side and batch; the best counts")
     ap.add_argument("--skip-hf", action="store_true", help="only our engine (no torch needed)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and compute dtype, the same on both sides")
     args = ap.parse_args()
 
     import jax
@@ -142,11 +144,11 @@ def main() -> None:
     from agentic import models
     from agentic.inference.engine import EngineConfig, EngineCore
 
-    config, params, tokenizer = models.load_model(args.model, dtype="float32")
+    config, params, tokenizer = models.load_model(args.model, dtype=args.dtype)
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bw = copy_bandwidth()
     floor_ms = 1000 * param_bytes / bw
-    print(f"model {args.model}: {param_bytes / 1e6:.0f} MB of f32 params; copy bandwidth {bw / 1e9:.1f} GB/s "
+    print(f"model {args.model}: {param_bytes / 1e6:.0f} MB of {args.dtype} params; copy bandwidth {bw / 1e9:.1f} GB/s "
           f"-> decode floor {floor_ms:.1f} ms/step; jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}")
 
@@ -157,7 +159,7 @@ def main() -> None:
 
         hf_dir = tempfile.mkdtemp(prefix="bench_hf_")
         models.export_hf(config, params, hf_dir, tokenizer=tokenizer)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=getattr(torch, args.dtype)).eval()
         print(f"transformers {transformers.__version__}, torch {torch.__version__} "
               f"({torch.get_num_threads()} threads), same weights via {hf_dir}")
 
