@@ -8,7 +8,6 @@ definition the Generator protocol uses for behavior log-probs.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,36 +24,6 @@ def value_head_logical_axes() -> dict:
     return {"kernel": ("embed", None), "bias": (None,)}
 
 
-def _logprobs_from_hidden(config: ModelConfig, params, hidden, targets, temperature, chunk_size: int):
-    """Chunked log-probs and entropy from final hidden states (token_logprobs' chunk loop).
-
-    Used only on the value-head path, which needs the hidden states anyway; the plain
-    path calls `models.token_logprobs`.
-    """
-    B, T, D = hidden.shape
-    c = max(1, min(int(chunk_size), T))
-    n = -(-T // c)
-    pad = n * c - T
-    targets = jnp.clip(targets, 0, config.vocab_size - 1)
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)))
-    hs = hidden.reshape(B, n, c, D).swapaxes(0, 1)
-    ts = targets.reshape(B, n, c).swapaxes(0, 1)
-
-    @jax.checkpoint
-    def chunk(params, h, t):
-        logits = models.logits_from_hidden(config, params, h).astype(jnp.float32) / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        lp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
-        ent = lse - jnp.sum(jnp.exp(logits - lse[..., None]) * logits, axis=-1)
-        return lp, ent
-
-    _, (lp, ent) = jax.lax.scan(lambda carry, xs: (carry, chunk(params, *xs)), None, (hs, ts))
-    unchunk = lambda x: x.swapaxes(0, 1).reshape(B, n * c)[:, :T]  # noqa: E731
-    return unchunk(lp), unchunk(ent)
-
-
 def policy_outputs(config: ModelConfig, trainable: dict, mb: dict, *, temperature: float, chunk_size: int):
     """(logprobs, entropy, values or None), each float32 [B, T], for one packed micro-batch.
 
@@ -68,7 +37,8 @@ def policy_outputs(config: ModelConfig, trainable: dict, mb: dict, *, temperatur
         return lp, ent, None
     hidden, _ = models.forward(config, trainable["policy"], mb["inputs"], mb["positions"],
                                segment_ids=mb["segment_ids"], return_hidden=True)
-    lp, ent = _logprobs_from_hidden(config, trainable["policy"], hidden, mb["targets"], temperature, chunk_size)
+    lp, ent = models.logprobs_from_hidden(config, trainable["policy"], hidden, mb["targets"], temperature=temperature,
+                                          chunk_size=chunk_size, return_entropy=True)
     v = trainable["value"]
     values = (hidden.astype(jnp.float32) @ v["kernel"])[..., 0] + v["bias"][0]
     return lp, ent, values

@@ -27,8 +27,8 @@ from agentic.models.transformer import Transformer
 
 __all__ = [
     "ModelConfig", "Transformer", "get_config", "list_models", "register", "init_params",
-    "param_logical_axes", "init_cache", "forward", "token_logprobs", "load_model", "export_hf",
-    "load_tokenizer",
+    "param_logical_axes", "init_cache", "forward", "token_logprobs", "logprobs_from_hidden", "load_model",
+    "export_hf", "load_tokenizer",
 ]
 
 
@@ -118,6 +118,13 @@ def token_logprobs(config: ModelConfig, params, tokens, targets, positions, *, s
     Targets outside [0, V) are clipped (mask them in the loss).
     """
     hidden, _ = forward(config, params, tokens, positions, segment_ids=segment_ids, return_hidden=True)
+    return logprobs_from_hidden(config, params, hidden, targets, temperature=temperature, chunk_size=chunk_size,
+                                return_entropy=return_entropy)
+
+
+def logprobs_from_hidden(config: ModelConfig, params, hidden, targets, *, temperature=1.0, chunk_size=512,
+                         return_entropy=False):
+    """`token_logprobs` from final-normed hidden states [B, T, D] (the chunked vocab part)."""
     B, T, D = hidden.shape
     c = max(1, min(int(chunk_size), T))
     n = -(-T // c)
@@ -134,13 +141,13 @@ def token_logprobs(config: ModelConfig, params, tokens, targets, positions, *, s
     @jax.checkpoint
     def chunk(params, h, t):
         logits = logits_from_hidden(config, params, h).astype(jnp.float32) / temp
-        lse = jax.nn.logsumexp(logits, axis=-1)
+        # one exp pass shared by the log-partition and the entropy
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        e = jnp.exp(logits - m)
+        z = jnp.sum(e, axis=-1)
+        lse = m[..., 0] + jnp.log(z)
         lp = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0] - lse
-        if return_entropy:
-            p = jnp.exp(logits - lse[..., None])
-            ent = lse - jnp.sum(p * logits, axis=-1)
-        else:
-            ent = jnp.zeros_like(lp)
+        ent = lse - jnp.sum(e * logits, axis=-1) / z if return_entropy else jnp.zeros_like(lp)
         return lp, ent
 
     def body(carry, xs):

@@ -26,6 +26,7 @@ llama.cpp's interleaved permutation of q/k rows).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -93,6 +94,34 @@ def apply_rope(x, cos, sin):
 # ----------------------------------------------------------------------------- modules
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, scale, eps: float):
+    """x / rms(x) * scale over the last axis, in float32 (returns float32).
+
+    A hand-written backward: the autodiff one reduces the scale gradient inside a
+    fused graph that XLA's CPU backend runs about 5x slower than this formulation.
+    """
+    return _rms_norm_fwd(x, scale, eps)[0]
+
+
+def _rms_norm_fwd(x, scale, eps):
+    x32 = x.astype(jnp.float32)
+    r = jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return x32 * r * scale.astype(jnp.float32), (x, scale, r)
+
+
+def _rms_norm_bwd(eps, res, g):
+    x, scale, r = res
+    xhat = x.astype(jnp.float32) * r
+    gs = g * scale.astype(jnp.float32)
+    dx = r * (gs - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+    dscale = (g * xhat).reshape(-1, x.shape[-1]).sum(0)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: str
@@ -101,9 +130,7 @@ class RMSNorm(nn.Module):
     @nn.compact
     def __call__(self, x):
         scale = _param(self, "scale", (x.shape[-1],), ("embed",), nn.initializers.ones, _dt(self.param_dtype))
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (y * scale.astype(jnp.float32)).astype(_dt(self.dtype))
+        return rms_norm(x, scale, self.eps).astype(_dt(self.dtype))
 
 
 class Proj(nn.Module):

@@ -122,6 +122,23 @@ def test_segment_ids_isolate_packed_sequences():
     assert np.isfinite(np.asarray(lp)).all()
 
 
+def test_rms_norm_gradient_equals_autodiff():
+    from agentic.models.transformer import rms_norm
+
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16)) * 3.0
+    scale = 1.0 + 0.1 * jax.random.normal(jax.random.key(1), (16,))
+    w = jax.random.normal(jax.random.key(2), (2, 5, 16))
+
+    def plain(x, scale):
+        return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + 1e-5) * scale
+
+    np.testing.assert_allclose(rms_norm(x, scale, 1e-5), plain(x, scale), rtol=1e-6)
+    got = jax.grad(lambda x, s: (rms_norm(x, s, 1e-5) * w).sum(), argnums=(0, 1))(x, scale)
+    want = jax.grad(lambda x, s: (plain(x, s) * w).sum(), argnums=(0, 1))(x, scale)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
 def test_blocked_attention_equals_one_block():
     """Query blocks that see only keys up to their own end == one [T, T] block: values and gradients."""
     cfg, params = _params("tiny-qwen2")
