@@ -148,7 +148,14 @@ class Proj(nn.Module):
     def __call__(self, x):
         dt = _dt(self.dtype)
         kernel = _param(self, "kernel", self.shape, self.names, _KERNEL_INIT, _dt(self.param_dtype))
-        y = jnp.einsum(self.eq, x.astype(dt), kernel.astype(dt))
+        # The einsum contracts x's trailing dims with the kernel's leading ones: run it as one
+        # 2-D matmul. Same result; XLA's CPU backward of the 3-D einsum adds transposing copies.
+        xs, ks = self.eq.split("->")[0].split(",")
+        n = sum(ch in xs for ch in ks)
+        assert xs[-n:] == ks[:n], f"Proj needs x's trailing dims == kernel's leading dims, got {self.eq!r}"
+        lead, k = x.shape[:-n], math.prod(self.shape[:n])
+        y = jnp.dot(x.reshape(-1, k).astype(dt), kernel.reshape(k, -1).astype(dt))
+        y = y.reshape(*lead, *self.shape[n:])
         if self.bias_shape is not None:
             b = _param(self, "bias", self.bias_shape, self.bias_names, nn.initializers.zeros,
                        _dt(self.param_dtype))
