@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from agentic.env.client import EnvClient  # noqa: E402
+from agentic.env.local_hosts import free_port  # noqa: E402
 from agentic.env.testing import HostProcess  # noqa: E402
 from envs.game.player import play_transcript  # noqa: E402
 from envs.game.words import word_list  # noqa: E402
@@ -174,12 +175,6 @@ def _fmt(impl: str, r: dict) -> str:
             f"ep/s={r['episodes_per_s']:<8.1f} steps/s={r['steps_per_s']:<9.1f} p50={r['p50_ms']:<8.2f}ms "
             f"p99={r['p99_ms']:<8.2f}ms cpu/step={r['cpu_us_per_step']:<7.1f}us failed={r['failed']} "
             f"lost={r['lost']} {r['errors'] or ''}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_baseline(envs) -> tuple[subprocess.Popen, str]:

@@ -26,7 +26,6 @@ Layouts (default: split where two CPUs are available):
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,12 +33,9 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from agentic.env.local_hosts import free_port  # noqa: E402  (no JAX: this process forks pinned children)
 
 
 def pinned(cpus: set[int] | None):
@@ -60,9 +56,9 @@ def start_server(model_dir: str, args, log_path: str) -> tuple[subprocess.Popen,
     port = free_port()
     cmd = [sys.executable, "-m", "agentic.inference.launch_server", "--model-path", model_dir, "--port", str(port),
            "--max-running-requests", str(args.group_size * args.batch_groups * 2), "--context-length", "512"]
-    log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
-                            preexec_fn=pinned(cpu_set(args.actor_cpus)))
+    with open(log_path, "w") as log:  # the child keeps its own copy of the handle
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=pinned(cpu_set(args.actor_cpus)))
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

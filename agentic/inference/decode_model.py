@@ -24,13 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from agentic.models.config import ModelConfig
-from agentic.models.transformer import _NEG, apply_rope, rope_cos_sin
+from agentic.models.transformer import _NEG, apply_rope, rms_norm, rope_cos_sin
 
 
 def _rms(x, scale, eps, dtype):
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (y * scale.astype(jnp.float32)).astype(dtype)
+    return rms_norm(x, scale, eps).astype(dtype)
 
 
 def _proj(eq, x, p, dtype):
