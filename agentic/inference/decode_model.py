@@ -23,8 +23,9 @@ import math
 import jax
 import jax.numpy as jnp
 
+from agentic.models.attention import NEG
 from agentic.models.config import ModelConfig
-from agentic.models.transformer import _NEG, apply_rope, rms_norm, rope_cos_sin
+from agentic.models.transformer import apply_rope, rms_norm, rope_cos_sin
 
 
 def _rms(x, scale, eps, dtype):
@@ -84,7 +85,7 @@ def decode_forward(config: ModelConfig, params, cache, tokens, positions, kv_len
         qg = q.reshape(B, KVH, G, Dh).astype(jnp.float32)
         scores = jnp.sum(qg[:, None] * K.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [B, s, KVH, G]
         scores = scores * (1.0 / math.sqrt(Dh))
-        scores = jnp.where(mask[:, :, None, None], scores, _NEG)
+        scores = jnp.where(mask[:, :, None, None], scores, NEG)
         probs = jax.nn.softmax(scores, axis=1).astype(dt)
         o = jnp.sum(probs[..., None].astype(jnp.float32) * V.astype(jnp.float32)[:, :, :, None, :], axis=1)
         o = o.reshape(B, H, Dh).astype(dt)  # [B, KVH, G, Dh] -> [B, H, Dh]

@@ -49,9 +49,10 @@ class ModelConfig:
       dtype: compute dtype ("float32" or "bfloat16").
       param_dtype: dtype params are created / loaded in.
       remat: rematerialize each block in the backward pass.
-      attention_block: query block size of the training path's causal attention: a
-        query block attends only keys up to its own end, so masked-out score blocks
-        are never computed or stored (0 = one full [T, T] block).
+      attention_block: query block size of the training path's causal attention
+        (`attention.blocked_attention`): a query block attends only keys up to its own
+        end, and the backward recomputes probabilities instead of storing [T, T] of
+        them. 0 = the plain one-block softmax attention (the reference it is tested on).
     """
 
     arch: str

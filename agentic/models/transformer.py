@@ -34,9 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agentic.models.attention import NEG, blocked_attention
 from agentic.models.config import ModelConfig
-
-_NEG = -1e30  # finite mask value: fully-masked rows give a uniform softmax, never NaN
 
 
 def _dt(name: str):
@@ -122,6 +121,36 @@ def _rms_norm_bwd(eps, res, g):
 rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
 
 
+@jax.custom_vjp
+def swiglu(x, w_gate, w_up, w_down):
+    """(silu(x @ w_gate) * (x @ w_up)) @ w_down for x [N, D], in x's dtype.
+
+    A hand-written backward: the same matmuls as autodiff, with the gate's elementwise
+    derivative in one float32 pass (XLA's CPU backend ran the autodiff version ~20% slower).
+    """
+    return _swiglu_fwd(x, w_gate, w_up, w_down)[0]
+
+
+def _swiglu_fwd(x, w_gate, w_up, w_down):
+    g, u = x @ w_gate, x @ w_up
+    return (jax.nn.silu(g) * u) @ w_down, (x, w_gate, w_up, w_down, g, u)
+
+
+def _swiglu_bwd(res, dy):
+    x, w_gate, w_up, w_down, g, u = res
+    g32, u32 = g.astype(jnp.float32), u.astype(jnp.float32)
+    sig = jax.nn.sigmoid(g32)
+    h = (g32 * sig * u32).astype(x.dtype)
+    dh = (dy.astype(x.dtype) @ w_down.T).astype(jnp.float32)
+    du = (dh * g32 * sig).astype(x.dtype)
+    dg = (dh * u32 * sig * (1.0 + g32 * (1.0 - sig))).astype(x.dtype)
+    dx = dg @ w_gate.T + du @ w_up.T
+    return dx, x.T @ dg, x.T @ du, h.T @ dy.astype(x.dtype)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class RMSNorm(nn.Module):
     eps: float
     dtype: str
@@ -171,7 +200,7 @@ def _attend(qg, k, v, mask, dtype):
     dt = _dt(dtype)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg.astype(dt), k.astype(dt), preferred_element_type=jnp.float32)
     scores = scores * (1.0 / math.sqrt(qg.shape[-1]))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG)
+    scores = jnp.where(mask[:, None, None, :, :], scores, NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     return jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt))
 
@@ -207,17 +236,25 @@ class Attention(nn.Module):
             k, v = ck, cv
 
         B, T = q.shape[:2]
-        qg = q.reshape(B, T, KVH, H // KVH, Dh)
-        block = c.attention_block
-        if layer_cache is not None or not block or T <= block:
-            out = _attend(qg, k, v, mask, c.dtype)
-        else:  # causal training path: query block [i, e) needs keys [0, e) only
-            out = jnp.concatenate([_attend(qg[:, i:i + block], k[:, :i + block], v[:, :i + block],
-                                           mask[:, i:i + block, :i + block], c.dtype)
-                                   for i in range(0, T, block)], axis=1)
-        out = out.reshape(B, T, H, Dh)
+        if layer_cache is None and c.attention_block:  # causal training path (see attention.py)
+            dt = _dt(c.dtype)
+            out = blocked_attention(q.astype(dt), k.astype(dt), v.astype(dt), mask, c.attention_block)
+        else:
+            out = _attend(q.reshape(B, T, KVH, H // KVH, Dh), k, v, mask, c.dtype).reshape(B, T, H, Dh)
         out = Proj("bthk,hkd->btd", (H, Dh, D), ("heads", "head_dim", "embed"), name="o_proj", **kw)(out)
         return out, new_cache
+
+
+class Kernel(nn.Module):
+    """Just a `kernel` parameter (for layers that do their own math, like `swiglu`)."""
+
+    shape: tuple
+    names: tuple
+    param_dtype: str
+
+    @nn.compact
+    def __call__(self):
+        return _param(self, "kernel", self.shape, self.names, _KERNEL_INIT, _dt(self.param_dtype))
 
 
 class MLP(nn.Module):
@@ -227,11 +264,11 @@ class MLP(nn.Module):
     def __call__(self, x):
         c = self.config
         D, F = c.hidden_size, c.intermediate_size
-        kw = dict(dtype=c.dtype, param_dtype=c.param_dtype)
-        gate = Proj("btd,df->btf", (D, F), ("embed", "mlp"), name="gate_proj", **kw)(x)
-        up = Proj("btd,df->btf", (D, F), ("embed", "mlp"), name="up_proj", **kw)(x)
-        h = jax.nn.silu(gate) * up
-        return Proj("btf,fd->btd", (F, D), ("mlp", "embed"), name="down_proj", **kw)(h)
+        dt = _dt(c.dtype)
+        w_gate, w_up, w_down = (Kernel(shape, names, c.param_dtype, name=name)().astype(dt) for name, shape, names in (
+            ("gate_proj", (D, F), ("embed", "mlp")), ("up_proj", (D, F), ("embed", "mlp")),
+            ("down_proj", (F, D), ("mlp", "embed"))))
+        return swiglu(x.reshape(-1, D).astype(dt), w_gate, w_up, w_down).reshape(*x.shape[:-1], D)
 
 
 class Block(nn.Module):
