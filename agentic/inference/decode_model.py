@@ -8,9 +8,9 @@ computes exactly the same function (same params tree, same RoPE helpers, f32
 softmax; the engine tests check it token for token against the model) with:
 
 * the cache in a `fori_loop` carry over layers, the new k/v scattered in place;
-* attention as fused multiply-reduce over a static prefix `kv_len` of the cache
+* attention as two batched matmuls over a static prefix `kv_len` of the cache
   (a bucket >= the longest running sequence), so a step reads only the cache
-  rows that can be attended, never transposes or copies the cache;
+  rows that can be attended;
 * the vocab projection only for the one new position.
 
 Layout of the cache is the model contract's: {"k", "v": [L, B, S, KVH, Dh]}.
@@ -82,12 +82,12 @@ def decode_forward(config: ModelConfig, params, cache, tokens, positions, kv_len
         cv = cv.at[i, rows, write].set(v.astype(cv.dtype), mode="drop")
         K = jax.lax.dynamic_slice_in_dim(ck[i], 0, kv_len, axis=1)  # [B, kv_len, KVH, Dh]
         V = jax.lax.dynamic_slice_in_dim(cv[i], 0, kv_len, axis=1)
-        qg = q.reshape(B, KVH, G, Dh).astype(jnp.float32)
-        scores = jnp.sum(qg[:, None] * K.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [B, s, KVH, G]
+        qg = q.reshape(B, KVH, G, Dh)
+        scores = jnp.einsum("bkgd,bskd->bkgs", qg, K, preferred_element_type=jnp.float32)
         scores = scores * (1.0 / math.sqrt(Dh))
-        scores = jnp.where(mask[:, :, None, None], scores, NEG)
-        probs = jax.nn.softmax(scores, axis=1).astype(dt)
-        o = jnp.sum(probs[..., None].astype(jnp.float32) * V.astype(jnp.float32)[:, :, :, None, :], axis=1)
+        scores = jnp.where(mask[:, None, None, :], scores, NEG)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+        o = jnp.einsum("bkgs,bskd->bkgd", probs, V, preferred_element_type=jnp.float32)
         o = o.reshape(B, H, Dh).astype(dt)  # [B, KVH, G, Dh] -> [B, H, Dh]
         x = x + _proj("bhk,hkd->bd", o, at["o_proj"], dt)
         h = _rms(x, lp["post_attention_layernorm"]["scale"], c.rms_norm_eps, dt)

@@ -149,9 +149,9 @@ def compiler_options() -> dict | None:
 
     XLA's CPU backend by default also hands reductions and elementwise fusions to
     YNNPACK, whose reductions over the 49k-entry vocab axis (log-softmax, entropy) and
-    the attention softmax run several times slower than XLA's own loops
-    (`bench/learner.py`: 5.6 -> 4.8 s per SmolLM2 step). Per program, not process-wide:
-    the inference engine's decode step is faster with the default.
+    the attention softmax run several times slower than XLA's own loops. Set per
+    program, not process-wide: the inference engine's decode step is faster with the
+    default.
     """
     if jax.default_backend() != "cpu":
         return None
