@@ -10,7 +10,10 @@ for both back to back, best of --repeats, so both see the same machine load.
 Also prints our decode step time against the memory-bandwidth floor: one decode
 step must read every parameter once, so it cannot beat
 param_bytes / bandwidth, with the bandwidth measured in this run by a large
-memory copy (bytes read + written per second).
+memory copy (bytes read + written per second). And, per batch, what 3x
+transformers' throughput would leave for each of our decode steps after our
+measured prefill, next to the time of that step's weight matmuls alone
+(`decode_matmuls_ms`): where the first is smaller, 3x is out of reach here.
 
     python3 -m venv /tmp/benchvenv
     /tmp/benchvenv/bin/pip install --no-deps -r requirements.txt
