@@ -55,7 +55,8 @@ def start_server(model_dir: str, args, log_path: str) -> tuple[subprocess.Popen,
     """Our SGLang-compatible server on the actor CPUs; returns (process, url) once /health answers."""
     port = free_port()
     cmd = [sys.executable, "-m", "agentic.inference.launch_server", "--model-path", model_dir, "--port", str(port),
-           "--max-running-requests", str(args.group_size * args.batch_groups * 2), "--context-length", "512"]
+           "--max-running-requests", str(args.group_size * args.batch_groups * 2), "--context-length", "512",
+           "--warmup"]  # compiles before /health answers, i.e. before the timed run (as SGLang warms up)
     with open(log_path, "w") as log:  # the child keeps its own copy of the handle
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=pinned(cpu_set(args.actor_cpus)))

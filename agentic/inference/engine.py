@@ -287,6 +287,29 @@ class EngineCore:
         """Forgets an ended episode's cached prefix (its slot becomes free)."""
         self._inbox.append(("release", session_id))
 
+    def warmup(self) -> int:
+        """Compiles every bucketed prefill and decode program before serving; returns how many.
+
+        Runs each shape once on rows whose positions are all -1, so nothing is written
+        to the KV cache. Call before anything steps the engine (`launch_server --warmup`
+        does); like SGLang's startup warmup, it moves compile time out of the first requests.
+        """
+        before = sum(self.compile_counts.values())
+        tok = None
+        for rows in self.row_buckets:
+            samp = self._sampling_arrays([None] * rows, rows)
+            for t in self.len_buckets:
+                self.cache, tok, _ = self._prefill(
+                    self.params, self.cache, np.arange(rows, dtype=np.int32), np.zeros((rows, t), np.int32),
+                    np.full((rows, t), -1, np.int32), np.zeros(rows, np.int32), *samp)
+        n = self.ec.num_slots
+        samp = self._sampling_arrays([None] * n, n)
+        for kv_len in self.kv_buckets:
+            self.cache, tok, _ = self._decode(self.params, self.cache, np.zeros(n, np.int32),
+                                              np.full(n, -1, np.int32), *samp, kv_len=kv_len)
+        jax.block_until_ready(tok)
+        return sum(self.compile_counts.values()) - before
+
     def flush_cache(self) -> None:
         """Drops every cached prefix of idle slots (running requests are untouched)."""
         self._inbox.append(("flush", None))

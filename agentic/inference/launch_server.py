@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
+import time
 
 log = logging.getLogger("agentic.inference.launch_server")
 
@@ -37,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-seed", type=int, default=0)
     p.add_argument("--weight-version", default="0", help="initial weight version (an integer here)")
     p.add_argument("--served-model-name", default=None)
-    p.add_argument("--warmup", action="store_true", help="compile the common shapes before serving")
+    p.add_argument("--warmup", action="store_true",
+                   help="compile every bucketed prefill and decode shape before serving (slower start, "
+                        "no compiles during the first requests)")
     p.add_argument("--log-level", default="info")
     return p
 
@@ -51,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     import jax
 
     from agentic import models
-    from agentic.inference.engine import EngineConfig, JaxEngine
+    from agentic.inference.engine import EngineConfig, EngineCore, JaxEngine
     from agentic.inference.http_server import SGLangServer, start_server
 
     tp = args.tp_size
@@ -68,8 +71,12 @@ def main(argv: list[str] | None = None) -> None:
     ec = EngineConfig(num_slots=args.max_running_requests, max_len=args.context_length,
                       prefill_chunk=min(args.chunked_prefill_size, args.context_length),
                       max_prefill_batch=args.max_prefill_batch, tp_size=tp, seed=args.random_seed)
-    engine = JaxEngine(config, params, tokenizer, ec, devices=jax.devices()[:tp],
-                       weight_version=int(args.weight_version))
+    core = EngineCore(config, params, tokenizer, ec, devices=jax.devices()[:tp], weight_version=int(args.weight_version))
+    if args.warmup:
+        t = time.perf_counter()
+        n = core.warmup()
+        log.info("warmup: compiled %d prefill/decode programs in %.1f s", n, time.perf_counter() - t)
+    engine = JaxEngine(core=core)
 
     def load_params(path: str):
         return models.load_model(path, dtype=dtype)[1]
@@ -77,10 +84,6 @@ def main(argv: list[str] | None = None) -> None:
     server = SGLangServer(engine, model_path=args.served_model_name or args.model_path, load_params=load_params,
                           server_info={"tp_size": tp, "dtype": dtype or config.dtype})
     async def serve():
-        if args.warmup:
-            from agentic.inference.protocol import GenerateRequest, SamplingParams
-
-            await engine.generate([GenerateRequest(prompt_ids=[1] * 8, params=SamplingParams(max_new_tokens=2))])
         runner = await start_server(server, args.host, args.port)
         log.info("serving %s on http://%s:%d (SGLang native API). The server is fired up and ready to roll!",
                  args.model_path, args.host, args.port)

@@ -187,6 +187,20 @@ def test_no_recompilation_at_steady_state(fresh_core):
     assert sum(v for k, v in seen.items() if k.startswith("prefill")) <= len(core.row_buckets) * len(core.len_buckets)
 
 
+def test_warmup_compiles_every_shape_and_writes_nothing(tiny, reference):
+    """After warmup, serving compiles nothing new, and greedy outputs still equal the reference."""
+    config, params, tok = tiny
+    core = EngineCore(config, params, tok, ENGINE_CONFIG)
+    n = core.warmup()
+    assert n == len(core.row_buckets) * len(core.len_buckets) + len(core.kv_buckets)
+    compiled = sum(core.compile_counts.values())
+    prompts = [prompt_of(k, seed=k) for k in (3, 40, 17, 8, 30)]
+    outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY) for p in prompts])
+    assert sum(core.compile_counts.values()) == compiled
+    for p, c in zip(prompts, outs, strict=True):
+        assert list(c.token_ids) == reference.greedy(p, GREEDY.max_new_tokens, stop_ids={EOS})
+
+
 def test_async_engine_serves_concurrent_callers(core, reference):
     """JaxEngine: many asyncio callers, staggered; same tokens as the reference."""
     prompts = [prompt_of(n, seed=50 + n) for n in (4, 13, 21, 6, 33)]

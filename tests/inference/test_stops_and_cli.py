@@ -59,7 +59,7 @@ def test_launch_server_command_line():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentic.inference.launch_server", "--model-path", "tiny", "--port", str(port),
-         "--context-length", "64", "--max-running-requests", "2", "--mem-fraction-static", "0.8"],
+         "--context-length", "64", "--max-running-requests", "2", "--mem-fraction-static", "0.8", "--warmup"],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -91,3 +91,4 @@ def test_launch_server_command_line():
             log = proc.communicate()[0]
     assert proc.returncode == 0, log
     assert "--mem-fraction-static" in log  # accepted with a warning, as documented
+    assert "warmup: compiled" in log
