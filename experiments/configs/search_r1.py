@@ -8,7 +8,7 @@ the embedded synthetic world, BM25 retrieval, embedded JAX engine):
   python experiments/search_r1.py --config=experiments/configs/search_r1.py \
       --workdir=runs/search_r1
 
-  Expected: finishes in <= 20 minutes on a 2-core CPU (14.7 measured); held-out EM
+  Expected: finishes in <= 20 minutes on a 2-core CPU (14.6 measured); held-out EM
   on 32 questions 0.000 at step 0 -> 0.812 after the cold start -> 0.812 at the end
   (the gain is the cold start's; README.md "Results").
 
