@@ -183,7 +183,8 @@ class WorkerProcess:
         try:
             first = await asyncio.wait_for(read_frame(self.proc.stdout), 120)
         except (TimeoutError, FrameError) as e:
-            self.proc.kill()
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
             raise RuntimeError(f"env worker {self.name} did not start: {e!r}") from None
         if not first or first[0].get("op") != "ready":
             rc = await self.proc.wait()
@@ -222,12 +223,10 @@ class WorkerProcess:
             entry[0].set_exception(_OpTimeout())
 
     async def _read_loop(self) -> None:
+        """Delivers the worker's replies; when its stream ends or breaks, fails what is pending (`_die`)."""
         problem = None
         try:
-            while True:
-                messages = await read_frame(self.proc.stdout)
-                if messages is None:
-                    break
+            while (messages := await read_frame(self.proc.stdout)) is not None:
                 for msg in messages:
                     entry = self.pending.pop(msg.get("id"), None)
                     if entry is None:
@@ -237,16 +236,20 @@ class WorkerProcess:
                         timer.cancel()
                     if not fut.done():
                         fut.set_result(msg)
-        except (FrameError, ConnectionError) as e:
-            problem = f"wrote a corrupt frame ({e})"
-            self.proc.kill()
-        rc = await self.proc.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
-        cause = self.kill_reason or problem or _describe_exit(rc)
-        if not self.kill_reason and self.stderr_tail:
-            cause += f"; last stderr: {self.stderr_tail[-1]}"
-        self._die(f"env worker {self.name} {cause}")
+        except Exception as e:  # a corrupt or torn frame (the worker died mid-write), a broken pipe
+            problem = f"wrote a corrupt frame ({e})" if isinstance(e, FrameError) else f"sent an unreadable reply ({e!r})"
+            with contextlib.suppress(ProcessLookupError):  # uvloop raises it once the exit was seen
+                self.proc.kill()
+        rc = None
+        try:
+            rc = await self.proc.wait()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._stderr_task), 1.0)
+        finally:
+            cause = self.kill_reason or (f"{problem}; it {_describe_exit(rc)}" if problem else _describe_exit(rc))
+            if not self.kill_reason and self.stderr_tail:
+                cause += f"; last stderr: {self.stderr_tail[-1]}"
+            self._die(f"env worker {self.name} {cause}")
 
     async def _pump_stderr(self) -> None:
         """Forwards the worker's stderr (and env code's prints) to ours, keeping the last lines for

@@ -1,12 +1,15 @@
 """A test-only env whose actions misbehave on command; hosts load it with `--import tests.env.faulty_env`.
 
 Actions: "sleep:S" (await S seconds), "block:S" (block the worker's event loop S seconds, like a
-CPU-bound hang), "raise" (the env raises), "exit" (the worker process exits), "big:N" (an N-byte
-observation), "pid" (the worker's pid); anything else is echoed.
+CPU-bound hang), "raise" (the env raises), "exit" (the worker process exits), "tear" (the worker
+writes half a frame to the host and SIGKILLs itself), "big:N" (an N-byte observation), "pid" (the
+worker's pid); anything else is echoed.
 """
 
 import asyncio
 import os
+import signal
+import struct
 import time
 
 from agentic.env.protocol import Env, Observation, Step, Task
@@ -29,11 +32,26 @@ class FaultyEnv(Env):
             raise ValueError("step failed on purpose")
         elif cmd == "exit":
             os._exit(3)
+        elif cmd == "tear":
+            _write_to_host(struct.pack(">I", 1000) + b'[{"id": 1, "ok"')
+            os.kill(os.getpid(), signal.SIGKILL)
         elif cmd == "big":
             return Step(observation="x" * int(arg))
         elif cmd == "pid":
             return Step(observation=str(os.getpid()))
         return Step(observation=action)
+
+
+def _write_to_host(data: bytes) -> None:
+    """Writes raw bytes on the worker's frame pipe to the host (the transport of `worker._serve`)."""
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        while coro is not None and getattr(coro, "cr_frame", None) is not None:  # follow the await chain
+            if coro.cr_frame.f_code.co_name == "_serve":
+                coro.cr_frame.f_locals["transport"].write(data)
+                return
+            coro = coro.cr_await
+    raise RuntimeError("not running in an env worker")
 
 
 register(EnvSpec(name="faulty", factory=FaultyEnv, max_sessions=50, step_deadline_s=1.0,

@@ -343,3 +343,28 @@ def test_slow_steps_do_not_hold_back_other_sessions(host):
         return elapsed
 
     assert run(body, host.address) < 1.2  # 10 quick steps while 4 slow (2 s) ones are in flight
+
+
+def test_worker_dying_mid_frame_loses_its_sessions_and_is_restarted(host):
+    async def body(client):
+        before = next(k for k in info(host.address).envs if k.name == "faulty")
+        session, _ = await client.open("faulty")
+        pid = int((await client.step(session, "pid")).observation)
+        t0 = time.monotonic()
+        with pytest.raises(SessionLost) as e:
+            await client.step(session, "tear")  # half a frame, then SIGKILL
+        elapsed = time.monotonic() - t0
+        await client.close(session)
+        assert wait_restarts(host.address, "faulty", before.worker_restarts + 1) == before.worker_restarts + 1
+        fresh, _ = await client.open("faulty")
+        ok = await client.step(fresh, "new")
+        await client.close(fresh)
+        return before, pid, str(e.value), elapsed, ok, info(host.address)
+
+    before, pid, message, elapsed, ok, after = run(body, host.address)
+    assert elapsed < 2.0, elapsed
+    assert f"pid {pid}) wrote a corrupt frame" in message and "SIGKILL" in message, message
+    assert ok.observation == "new"
+    kind = next(k for k in after.envs if k.name == "faulty")
+    assert pid not in kind.worker_pids and len(kind.worker_pids) == 2
+    assert kind.open_sessions == before.open_sessions
