@@ -71,6 +71,7 @@ from agentic.env.errors import (
     InvalidAction,
     InvalidEnvRequest,
     SessionLost,
+    clip,
     error_from_kind,
 )
 from agentic.env.proto import env_service_pb2 as pb
@@ -361,11 +362,11 @@ class EnvClient:
             if down and all(h.auth_failed for h in self._hosts.values()):
                 err: EnvError = EnvAuthError("every host rejected this client's token: " + ", ".join(down))
             elif down:
-                err = EnvHostUnavailable(f"no reachable host serves env {env!r}; unreachable: "
+                err = EnvHostUnavailable(f"no reachable host serves env {clip(env)!r}; unreachable: "
                                                    + ", ".join(down))
             else:
                 served = sorted({n for h in self._hosts.values() for n in h.kinds})
-                err = InvalidEnvRequest(f"no host serves env {env!r}; the hosts serve {served}")
+                err = InvalidEnvRequest(f"no host serves env {clip(env)!r}; the hosts serve {served}")
             self._count(err)
             raise err
         healthy = sorted((h for h in serving if h.healthy), key=lambda h: h.load(env))

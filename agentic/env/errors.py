@@ -28,6 +28,12 @@ import grpc
 from agentic.env.proto import env_service_pb2 as pb
 
 
+def clip(text: str, limit: int = 200) -> str:
+    """`text`, cut to `limit` characters (saying how long it was): client-supplied values in error
+    messages stay short, so a status never outgrows gRPC's metadata limit."""
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 class EnvError(RuntimeError):
     """Base of all env-service errors.
 
@@ -49,9 +55,9 @@ class EnvError(RuntimeError):
     def __str__(self) -> str:
         where = []
         if self.session_id:
-            where.append(f"session {self.session_id}")
+            where.append(f"session {clip(self.session_id)}")
         if self.host:
-            where.append(f"host {self.host}")
+            where.append(f"host {clip(self.host)}")
         return f"{self.message} [{', '.join(where)}]" if where else self.message
 
 

@@ -72,6 +72,7 @@ from agentic.env.errors import (  # noqa: E402
     SessionBusy,
     SessionLost,
     SessionNotFound,
+    clip,
     error_from_kind,
 )
 from agentic.env.proto import env_service_pb2 as pb  # noqa: E402
@@ -469,7 +470,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             prefix = m.group(1)
             raise SessionNotFound(f"unknown session: it was opened by host instance {prefix}, this is "
                                   f"{self.host_id} (the host restarted; the session is lost)", session_id=sid)
-        raise SessionNotFound("unknown session id (never opened on this host)", session_id=sid[:200])
+        raise SessionNotFound("unknown session id (never opened on this host)", session_id=sid)
 
     def worker_died(self, worker: WorkerProcess, cause: str) -> None:
         lost = [self.sessions[sid] for sid in worker.sessions if sid in self.sessions]
@@ -526,7 +527,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             raise HostDraining("the env host is draining (shutting down) and takes no new sessions")
         kind = self.kinds.get(env)
         if kind is None:
-            raise InvalidEnvRequest(f"env {env[:100]!r} is not served by this host; it serves {sorted(self.kinds)}")
+            raise InvalidEnvRequest(f"env {clip(env)!r} is not served by this host; it serves {sorted(self.kinds)}")
         task = _parse_json_object(task_json, "task_json")
         kwargs = _parse_json_object(env_kwargs_json, "env_kwargs_json")
         if kind.open_sessions >= kind.max_sessions:
@@ -648,7 +649,7 @@ class EnvHost(pb_grpc.EnvServiceServicer):
                 else:
                     raise InvalidEnvRequest("empty op in batch (set open, step or close)")
             except EnvError as e:
-                result = pb.OpResult(index=index, error=pb.Error(kind=e.kind, message=e.message))
+                result = pb.OpResult(index=index, error=pb.Error(kind=e.kind, message=clip(e.message, 4000)))
             ready.append(result)
             wake.set()
 
@@ -690,11 +691,15 @@ def _parse_json_object(text: str, field: str) -> dict[str, Any]:
     return value
 
 
+_MAX_STATUS_BYTES = 1000  # the status message travels in HTTP/2 trailers: gRPC caps them near 8 kB
+
+
 async def _unary(context, coro):
     try:
         return await coro
     except EnvError as e:
-        await context.abort(e.grpc_code, str(e), trailing_metadata=((ERROR_KIND_METADATA_KEY, str(e.kind)),))
+        details = str(e).encode()[:_MAX_STATUS_BYTES].decode("utf-8", "ignore")
+        await context.abort(e.grpc_code, details, trailing_metadata=((ERROR_KIND_METADATA_KEY, str(e.kind)),))
 
 
 class _TokenAuth(grpc.aio.ServerInterceptor):

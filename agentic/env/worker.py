@@ -25,7 +25,7 @@ import sys
 import traceback
 from typing import Any
 
-from agentic.env.errors import EnvError
+from agentic.env.errors import EnvError, clip
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.protocol import Env, Observation, Step
 from agentic.env.registry import get_spec
@@ -110,7 +110,8 @@ class Worker:
             try:
                 env = self.spec.factory(**msg.get("kwargs", {}))
             except Exception as e:
-                raise _Invalid(f"env {self.spec.name!r} rejected its env_kwargs: {type(e).__name__}: {e}") from None
+                raise _Invalid(f"env {self.spec.name!r} rejected its env_kwargs: {type(e).__name__}: "
+                               f"{clip(str(e))}") from None
             obs = await env.reset(msg.get("task", {}))
             if not isinstance(obs, Observation):
                 raise TypeError(f"{type(env).__name__}.reset returned {type(obs).__name__}, expected Observation")

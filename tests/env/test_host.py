@@ -345,7 +345,7 @@ def test_slow_steps_do_not_hold_back_other_sessions(host):
     assert run(body, host.address) < 1.2  # 10 quick steps while 4 slow (2 s) ones are in flight
 
 
-def test_worker_dying_mid_frame_loses_its_sessions_and_is_restarted(host):
+def test_worker_dying_mid_frame_loses_its_sessions_and_is_restarted():
     async def body(client):
         before = next(k for k in info(host.address).envs if k.name == "faulty")
         session, _ = await client.open("faulty")
@@ -361,10 +361,44 @@ def test_worker_dying_mid_frame_loses_its_sessions_and_is_restarted(host):
         await client.close(fresh)
         return before, pid, str(e.value), elapsed, ok, info(host.address)
 
-    before, pid, message, elapsed, ok, after = run(body, host.address)
+    with HostProcess(["faulty"], *FAULTY, "--workers", "2") as host:
+        before, pid, message, elapsed, ok, after = run(body, host.address)
     assert elapsed < 2.0, elapsed
     assert f"pid {pid}) wrote a corrupt frame" in message and "SIGKILL" in message, message
     assert ok.observation == "new"
     kind = next(k for k in after.envs if k.name == "faulty")
     assert pid not in kind.worker_pids and len(kind.worker_pids) == 2
-    assert kind.open_sessions == before.open_sessions
+    assert kind.open_sessions == before.open_sessions == 0
+
+
+def test_huge_client_strings_get_the_right_code_and_a_bounded_message(host):
+    big = "x" * 100_000  # 100 kB: echoed whole, it would overflow gRPC's status metadata
+    with grpc.insecure_channel(host.address) as ch:
+        stub = pb_grpc.EnvServiceStub(ch)
+        session = stub.Open(pb.OpenRequest(env="echo", task_json='{"turns": 100}'), timeout=10).session_id
+        other_instance = "0badcafe-" + "1" * 100_000
+        code = grpc.StatusCode
+        cases = [
+            ("Open", pb.OpenRequest(env=big), code.INVALID_ARGUMENT),
+            ("Open", pb.OpenRequest(env="echo", task_json=big), code.INVALID_ARGUMENT),
+            ("Open", pb.OpenRequest(env="echo", env_kwargs_json='{"%s": 1}' % big), code.INVALID_ARGUMENT),
+            ("Step", pb.StepRequest(session_id=big, action=b"a"), code.NOT_FOUND),
+            ("Step", pb.StepRequest(session_id=other_instance, action=big.encode()), code.NOT_FOUND),
+            ("Step", pb.StepRequest(session_id=big, action=b""), code.INVALID_ARGUMENT),
+            ("Step", pb.StepRequest(session_id=session, action=b"\xff" * 100_000), code.INVALID_ARGUMENT),
+            ("Step", pb.StepRequest(session_id=session, action=b"x" * 300_000), code.INVALID_ARGUMENT),
+        ]
+        for method, request, expected in cases:
+            with pytest.raises(grpc.RpcError) as e:
+                getattr(stub, method)(request, timeout=10)
+            details = e.value.details() or ""
+            assert e.value.code() == expected, (method, e.value.code(), details[:300])
+            assert len(details.encode()) <= 1024 and "x" * 201 not in details and "1" * 201 not in details
+            assert "agentic-env-error-kind" in dict(e.value.trailing_metadata())
+        assert stub.Close(pb.CloseRequest(session_id=big), timeout=10) == pb.CloseResponse()
+        ops = [pb.Op(open=r) for _, r, _ in cases[:3]] + [pb.Op(step=r) for _, r, _ in cases[3:]]
+        results = [r for resp in stub.Batch(pb.BatchRequest(ops=ops), timeout=10) for r in resp.results]
+        assert sorted(r.index for r in results) == list(range(len(ops)))
+        for r in results:
+            assert r.HasField("error") and len(r.error.message) <= 4000 and "x" * 201 not in r.error.message
+        assert stub.Step(pb.StepRequest(session_id=session, action=b"fine"), timeout=10).observation == "fine"
