@@ -28,7 +28,7 @@ its own asyncio loop; a session is pinned to one worker. What the host promises:
   `--tls-cert/--tls-key` serve TLS. Observations over `--max-observation-bytes`
   are cut with `observation_truncated` set (and `info["observation_truncated"]`).
 
-Also served: `grpc.health.v1.Health` and server reflection. Wire format:
+Also served: `grpc.health.v1.Health` and server reflection (v1 and v1alpha). Wire format:
 `agentic/env/proto/env_service.proto`; the client is `agentic.env.client.EnvClient`.
 """
 
@@ -58,7 +58,6 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 import grpc  # noqa: E402
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc  # noqa: E402
-from grpc_reflection.v1alpha import reflection  # noqa: E402
 
 from agentic.env.errors import (  # noqa: E402
     ERROR_KIND_METADATA_KEY,
@@ -77,6 +76,7 @@ from agentic.env.errors import (  # noqa: E402
 )
 from agentic.env.proto import env_service_pb2 as pb  # noqa: E402
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc  # noqa: E402
+from agentic.env.reflection import enable_server_reflection  # noqa: E402
 from agentic.env.registry import EnvSpec, get_spec  # noqa: E402
 from agentic.env.wire import FrameError, FrameWriter, read_frame, run_event_loop  # noqa: E402
 
@@ -410,9 +410,8 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         self.server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_EnvServiceServicer_to_server(self, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
+        enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
+                                 self.server)
         address = f"{self.config.bind}:{self.config.port}"
         if self.config.tls_cert:
             creds = grpc.ssl_server_credentials([(pathlib.Path(self.config.tls_key).read_bytes(),

@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from agentic.env.client import EnvClient
 from agentic.env.errors import (
@@ -209,14 +209,25 @@ def test_batched_steps_report_errors_in_place(host):
     assert isinstance(results[1], InvalidAction) and isinstance(results[2], SessionNotFound)
 
 
-def test_health_and_reflection(host):
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_health_and_reflection(host, version):
     with grpc.insecure_channel(host.address) as ch:
         status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="agentic.env.v1.EnvService"))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
-        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        responses = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
-        services = {s.name for s in responses[0].list_services_response.service}
-        assert {"agentic.env.v1.EnvService", "grpc.health.v1.Health"} <= services
+        # The v1 and v1alpha messages are identical on the wire: only the method path differs.
+        info_rpc = ch.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                    request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                                    response_deserializer=reflection_pb2.ServerReflectionResponse.FromString)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="agentic.env.v1.EnvService"),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol=f"grpc.reflection.{version}.ServerReflection")]
+        listed, env_file, reflection_file = list(info_rpc(iter(requests), timeout=10))
+        services = {s.name for s in listed.list_services_response.service}
+        assert {"agentic.env.v1.EnvService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection"} <= services
+        assert env_file.file_descriptor_response.file_descriptor_proto
+        assert reflection_file.file_descriptor_response.file_descriptor_proto, reflection_file
 
 
 def test_thousand_concurrent_echo_episodes_none_lost(host):
