@@ -1,12 +1,28 @@
 """An SGLang-compatible HTTP server (native API) around a `JaxEngine`.
 
 Endpoints (SGLang's names and shapes, see `agentic.inference.sglang_api`):
-  POST|PUT /generate                  text or input_ids, single or batched
+  POST|PUT /generate                  text or input_ids, single or batched, "stream" (SSE)
   POST     /update_weights_from_disk  {"model_path", "weight_version"?, "flush_cache"?}
+  POST     /pause_generation          {"mode": "abort" | "retract" | "in_place"}
+  POST     /continue_generation
+  POST     /abort_request             {"rid"?, "abort_all"?}
   GET|POST /flush_cache
-  GET      /health, /health_generate, /get_model_info, /get_server_info, /get_weight_version
+  GET      /health, /health_generate, /get_model_info (/model_info), /get_server_info
+           (/server_info), /get_weight_version
+  OpenAI:  POST /v1/completions, /v1/chat/completions; GET /v1/models (`openai_api.py`)
 
 Malformed requests get HTTP 400 naming the field; the server keeps serving.
+
+Where this differs from SGLang, because `JaxEngine` has no per-token callback,
+no cancel and no scheduler pause (see BUILD.md):
+- `stream: true` sends SGLang's SSE framing (`data: {json}` events, then
+  `data: [DONE]`), but one event per request, when it finishes, not one per token.
+- An aborted request (`/abort_request`, `/pause_generation` "abort") is answered
+  at once with finish_reason abort and no output; the engine finishes it in
+  the background and the result is dropped.
+- A pause holds new requests at the door (as SGLang does) but lets running ones
+  go on; "retract" and "in_place" behave alike. Weights are swapped between two
+  decode steps, paused or not, without waiting for in-flight requests.
 Built on aiohttp (already a dependency of the client): no uvicorn/fastapi
 process model, one event loop, the engine steps on its own thread.
 """
@@ -14,6 +30,7 @@ process model, one event loop, the engine steps on its own thread.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -24,8 +41,8 @@ from typing import Any
 from aiohttp import web
 
 from agentic.inference.engine import JaxEngine
-from agentic.inference.protocol import GenerateRequest, GeneratorError, SamplingParams
-from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
+from agentic.inference.protocol import Completion, GenerateRequest, GeneratorError, SamplingParams
+from agentic.inference.sglang_api import ApiError, OutputOptions, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 
 log = logging.getLogger(__name__)
@@ -35,9 +52,15 @@ ParamsLoader = Callable[[str], Any]
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body = {"object": "error", "message": message, "type": "Bad Request" if status == 400 else "Error",
-            "param": field, "code": status}
+    body = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "ServiceUnavailable",
+                      "param": field, "code": status}}
     return web.json_response(body, status=status)
+
+
+@dataclasses.dataclass(eq=False)
+class _InFlight:
+    rid: str
+    aborted: asyncio.Future  # set to the abort message
 
 
 def _finish_of(c) -> Finish:
@@ -63,6 +86,10 @@ class SGLangServer:
         self.load_params = load_params
         self.server_info = dict(server_info or {})
         self._update_lock = asyncio.Lock()
+        self._resumed = asyncio.Event()  # cleared while paused (SGLang's TokenizerManager.is_pause)
+        self._resumed.set()
+        self._inflight: dict[str, _InFlight] = {}
+        self._labels: dict[int, str] = {}  # engine version -> the label /update_weights_from_disk was given
         self.app = web.Application(client_max_size=256 * 1024 * 1024)
         r = self.app.router
         r.add_route("POST", "/generate", self.generate)
@@ -73,8 +100,17 @@ class SGLangServer:
         r.add_route("GET", "/health", self.health)
         r.add_route("GET", "/health_generate", self.health_generate)
         r.add_route("GET", "/get_model_info", self.get_model_info)
+        r.add_route("GET", "/model_info", self.get_model_info)
         r.add_route("GET", "/get_server_info", self.get_server_info)
+        r.add_route("GET", "/server_info", self.get_server_info)
         r.add_route("GET", "/get_weight_version", self.get_weight_version)
+        r.add_route("POST", "/pause_generation", self.pause_generation)
+        r.add_route("POST", "/continue_generation", self.continue_generation)
+        r.add_route("POST", "/abort_request", self.abort_request)
+        from agentic.inference.openai_api import OpenAIRoutes
+
+        self.openai = OpenAIRoutes(self)
+        self.openai.register(r)
 
     @property
     def tokenizer(self):
@@ -86,33 +122,122 @@ class SGLangServer:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError("body", f"is not valid JSON ({e})") from e
 
-    async def generate(self, request: web.Request) -> web.Response:
+    def version_label(self, version: int) -> str:
+        return self._labels.get(version, str(version))
+
+    @property
+    def context_length(self) -> int:
+        return self.engine.core.ec.max_len
+
+    async def run(self, requests: list[GenerateRequest], rids: list[str]) -> list[Completion]:
+        """Runs requests on the engine once not paused; an aborted one returns at once, empty.
+
+        Raises:
+          GeneratorError: the engine is closed or refused the request.
+        """
+        await self._resumed.wait()  # SGLang holds new requests while paused
+
+        async def one(req: GenerateRequest, rid: str) -> Completion:
+            entry = _InFlight(rid, asyncio.get_running_loop().create_future())
+            self._inflight[rid] = entry
+            task = asyncio.ensure_future(self.engine.generate([req]))
+            try:
+                await asyncio.wait({task, entry.aborted}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._inflight.pop(rid, None)
+            if task.done():
+                return task.result()[0]
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # finishes unobserved
+            return Completion(token_ids=(), logprobs=(), finish_reason="abort", matched=entry.aborted.result(),
+                              weight_version=self.engine.weight_version, prompt_tokens=len(req.prompt_ids))
+
+        return list(await asyncio.gather(*(one(q, r) for q, r in zip(requests, rids, strict=True))))
+
+    def abort(self, rid: str = "", abort_all: bool = False, message: str = "Aborted by AbortReq.") -> int:
+        n = 0
+        for key, entry in list(self._inflight.items()):
+            # SGLang's Scheduler.abort_request matches rid as a prefix
+            if (abort_all or (rid and key.startswith(rid))) and not entry.aborted.done():
+                entry.aborted.set_result(message)
+                n += 1
+        return n
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
         t0 = time.perf_counter()
         core = self.engine.core
         try:
             body = await self._json(request)
             tok = self.tokenizer
             parsed = parse_generate(
-                body, tokenize=(lambda t: tok.encode(t, add_special_tokens=False)) if tok is not None else None,
+                # SGLang's TokenizerManager tokenizes text with the tokenizer's special tokens (BOS)
+                body, tokenize=(lambda t: tok.encode(t, add_special_tokens=True)) if tok is not None else None,
                 vocab_size=core.config.vocab_size, context_length=core.ec.max_len)
         except ApiError as e:
             return web.json_response(e.to_json(), status=400)
+        rids = [o.rid or uuid.uuid4().hex for o in parsed.options]
+        todo = [i for i, o in enumerate(parsed.options) if not o.prefill_only]
         try:
-            completions = await self.engine.generate(parsed.requests)
+            done = await self.run([parsed.requests[i] for i in todo], [rids[i] for i in todo])
         except GeneratorError as e:
             return _error(503, str(e))
+        completions = {i: c for i, c in zip(todo, done, strict=True)}
         latency = time.perf_counter() - t0
         outs = []
-        for c, req, opts in zip(completions, parsed.requests, parsed.options, strict=True):
+        for i, (req, opts) in enumerate(zip(parsed.requests, parsed.options, strict=True)):
+            c = completions.get(i) or Completion(token_ids=(), logprobs=(), finish_reason="length",
+                                                 weight_version=self.engine.weight_version,
+                                                 prompt_tokens=len(req.prompt_ids))
             text = ""
-            if tok is not None:
+            if tok is not None and c.token_ids:
                 text = completion_text(tok, c.token_ids, _finish_of(c),
                                        skip_special_tokens=opts.skip_special_tokens,
                                        no_stop_trim=opts.no_stop_trim)
             token_text = (lambda t: tok.decode([t])) if tok is not None else None
-            outs.append(generate_response(c, req, opts, text=text, rid=opts.rid or uuid.uuid4().hex,
-                                          e2e_latency=latency, token_text=token_text))
-        return web.json_response(outs if parsed.batched else outs[0])
+            outs.append(generate_response(c, req, opts, text=text, rid=rids[i], e2e_latency=latency,
+                                          token_text=token_text, weight_version=self.version_label(c.weight_version)))
+        if not parsed.stream:
+            return web.json_response(outs if parsed.batched else outs[0])
+        # SGLang's http_server.generate_request: text/event-stream, "data: <json>\n\n" per
+        # chunk (a batch's chunks carry "index"), then "data: [DONE]\n\n".
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        for i, out in enumerate(outs):
+            if parsed.batched:
+                out = {**out, "index": i}
+            await resp.write(b"data: " + json.dumps(out).encode() + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def pause_generation(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json(request) if request.can_read_body else {}
+            mode = (body or {}).get("mode", "abort") if isinstance(body, dict) else None
+            if mode not in ("abort", "retract", "in_place"):
+                raise ApiError("mode", f"must be 'abort', 'retract' or 'in_place', got {mode!r}")
+        except ApiError as e:
+            return web.json_response(e.to_json(), status=400)
+        self._resumed.clear()
+        if mode == "abort":
+            self.abort(abort_all=True, message="Aborted by pause_generation.")
+        return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
+
+    async def continue_generation(self, request: web.Request) -> web.Response:
+        self._resumed.set()
+        return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
+
+    async def abort_request(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._json(request)
+            if not isinstance(body, dict):
+                raise ApiError("body", "must be a JSON object")
+            rid, abort_all = body.get("rid", ""), body.get("abort_all", False)
+            if not isinstance(rid, str) or not isinstance(abort_all, bool):
+                raise ApiError("rid", "rid must be a string and abort_all a boolean")
+        except ApiError as e:
+            return web.json_response(e.to_json(), status=400)
+        self.abort(rid, abort_all)
+        return web.Response(status=200)
 
     async def update_weights_from_disk(self, request: web.Request) -> web.Response:
         try:
@@ -122,15 +247,9 @@ class SGLangServer:
             path = body.get("model_path")
             if not isinstance(path, str) or not path:
                 raise ApiError("model_path", "is required: a model name, HF directory or .gguf path")
-            version = body.get("weight_version")
-            if version is None:
-                version = self.engine.weight_version + 1
-            else:
-                try:
-                    version = int(version)
-                except (TypeError, ValueError):
-                    raise ApiError("weight_version",
-                                   f"must be an integer (or its string) for this server, got {version!r}") from None
+            label = body.get("weight_version")  # SGLang: any string label; absent leaves it as it is
+            if isinstance(label, bool) or (label is not None and not isinstance(label, (str, int))):
+                raise ApiError("weight_version", f"must be a string, got {label!r}")
             flush = body.get("flush_cache", True)
             if not isinstance(flush, bool):
                 raise ApiError("flush_cache", "must be a boolean")
@@ -140,6 +259,14 @@ class SGLangServer:
             return web.json_response({"success": False, "message": "this server cannot load weights",
                                       "num_paused_requests": 0}, status=400)
         async with self._update_lock:
+            if label is None:
+                version = self.engine.weight_version
+            else:
+                label = str(label)
+                try:  # integer labels are the engine's versions; others get the next integer
+                    version = int(label)
+                except ValueError:
+                    version = self.engine.weight_version + 1
             loop = asyncio.get_running_loop()
             try:
                 params = await loop.run_in_executor(None, self.load_params, path)
@@ -150,9 +277,11 @@ class SGLangServer:
                 return web.json_response({"success": False, "message": f"Failed to update weights: {e}",
                                           "num_paused_requests": 0}, status=400)
         self.model_path = path
-        return web.json_response({
-            "success": True, "num_paused_requests": 0,
-            "message": f"Succeeded to update model weights. Weight version updated to {version}."})
+        if label is not None:
+            self._labels[version] = label
+        message = "Succeeded to update model weights." + (
+            f" Weight version updated to {label}." if label is not None else "")
+        return web.json_response({"success": True, "num_paused_requests": 0, "message": message})
 
     async def flush_cache(self, request: web.Request) -> web.Response:
         self.engine.flush_cache()
@@ -174,16 +303,20 @@ class SGLangServer:
     async def get_model_info(self, request: web.Request) -> web.Response:
         return web.json_response({
             "model_path": self.model_path, "tokenizer_path": self.model_path, "is_generation": True,
-            "preferred_sampling_params": None, "weight_version": str(self.engine.weight_version)})
+            "preferred_sampling_params": None, "weight_version": self.version_label(self.engine.weight_version)})
 
     async def get_weight_version(self, request: web.Request) -> web.Response:
-        return web.json_response({"weight_version": str(self.engine.weight_version)})
+        return web.json_response({"weight_version": self.version_label(self.engine.weight_version)})
 
     async def get_server_info(self, request: web.Request) -> web.Response:
         core = self.engine.core
         info = {
             **self.server_info, "model_path": self.model_path, "context_length": core.ec.max_len,
-            "max_running_requests": core.ec.num_slots, "weight_version": str(core.weight_version),
+            "max_running_requests": core.ec.num_slots, "weight_version": self.version_label(core.weight_version),
+            # the engine always samples from fold_in(PRNGKey(seed), k); SGLang only with
+            # --enable-deterministic-inference (the client reads either key)
+            "sampling_seed_honored": True, "enable_deterministic_inference": False,
+            "paused": not self._resumed.is_set(),
             "devices": [str(d) for d in core.devices], "num_running_reqs": core.num_running,
             "stats": dict(core.stats), "compile_counts": dict(core.compile_counts),
         }

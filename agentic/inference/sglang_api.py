@@ -8,7 +8,8 @@ request   {"input_ids": [..]} or {"text": ".."} (or lists of them: a batch),
           "sampling_params": {max_new_tokens, temperature, top_p, top_k, stop,
           stop_token_ids, ignore_eos, skip_special_tokens, no_stop_trim,
           sampling_seed} (one dict, or one per batch item), "return_logprob",
-          "return_text_in_logprobs", "rid", "stream" (false only, here).
+          "return_text_in_logprobs", "rid", "stream" (server-sent events, see
+          `http_server.SGLangServer.generate`).
 response  {"text", "output_ids", "meta_info": {"id", "finish_reason":
           {"type": "stop", "matched": str|int} | {"type": "length", "length": n}
           | {"type": "abort", "message": ..}, "prompt_tokens", "completion_tokens",
@@ -17,8 +18,10 @@ response  {"text", "output_ids", "meta_info": {"id", "finish_reason":
           (a list of those for a batch).
 
 `ApiError` carries the offending field; the server answers it with HTTP 400 in
-SGLang's error shape {"object": "error", "message", "type": "Bad Request",
-"code": 400, "param": field}.
+the shape of SGLang's native routes (`http_server.py:_create_error_response`:
+{"error": {"message": ..}}), plus "param" (the field) and "code" inside "error".
+Clients read either that or the OpenAI routes' top-level {"message": ..}
+(`error_message`).
 """
 
 from __future__ import annotations
@@ -39,8 +42,20 @@ class ApiError(ValueError):
         self.field = field
 
     def to_json(self) -> dict:
-        return {"object": "error", "message": str(self), "type": "Bad Request", "param": self.field,
-                "code": 400}
+        return {"error": {"message": str(self), "type": "BadRequestError", "param": self.field, "code": 400}}
+
+
+def error_message(data: Any) -> str:
+    """The message of an error body: SGLang's native {"error": {"message"}}, its OpenAI routes'
+    {"message"}, FastAPI's {"detail"}, or the raw text."""
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and "message" in err:
+            return str(err["message"])
+        for key in ("message", "detail"):
+            if key in data:
+                return str(data[key])
+    return str(data)[:500]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +67,16 @@ class OutputOptions:
     return_logprob: bool = False
     return_text_in_logprobs: bool = False
     rid: str | None = None
+    prefill_only: bool = False  # max_new_tokens 0: answered without generating
+
+
+def context_error(prompt_tokens: int, max_new_tokens: int, context_length: int) -> str:
+    """SGLang's message (`tokenizer_manager.py:_validate_one_request`) for a request past the context."""
+    total = prompt_tokens + max_new_tokens
+    return (f"Requested token count exceeds the model's maximum context length of {context_length} tokens. "
+            f"You requested a total of {total} tokens: {prompt_tokens} tokens from the input messages and "
+            f"{max_new_tokens} tokens for the completion. Please reduce the number of tokens in the input "
+            f"messages or the completion to fit within the limit.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +84,7 @@ class ParsedGenerate:
     requests: list[GenerateRequest]
     options: list[OutputOptions]
     batched: bool
+    stream: bool = False
 
 
 # Sampling keys SGLang accepts that this server does not implement: allowed only
@@ -72,10 +98,10 @@ _IGNORED = {"spaces_between_special_tokens"}
 _SAMPLING_KEYS = {"max_new_tokens", "temperature", "top_p", "top_k", "stop", "stop_token_ids",
                   "ignore_eos", "skip_special_tokens", "no_stop_trim", "sampling_seed", "seed"}
 # Top-level keys SGLang defines that change nothing here at these values.
-_TOP_NEUTRAL = {"stream": False, "top_logprobs_num": 0, "logprob_start_len": -1,
+_TOP_NEUTRAL = {"top_logprobs_num": 0, "logprob_start_len": -1,
                 "return_hidden_states": False, "lora_path": None, "image_data": None,
                 "input_embeds": None, "token_ids_logprob": None, "custom_logit_processor": None}
-_TOP_KEYS = {"text", "input_ids", "sampling_params", "return_logprob", "return_text_in_logprobs",
+_TOP_KEYS = {"text", "input_ids", "sampling_params", "return_logprob", "return_text_in_logprobs", "stream",
              "rid", "session_id", "log_metrics", "bootstrap_host", "bootstrap_room", "priority"}
 
 
@@ -122,9 +148,12 @@ def _sampling(sp: Any, field: str) -> tuple[SamplingParams, dict]:
         if val is None:
             continue
         if key == "max_new_tokens":
-            if not _is_int(val) or val < 1:
-                raise ApiError(f, f"must be an integer >= 1, got {val!r}")
-            kw[key] = int(val)
+            if not _is_int(val) or val < 0:
+                raise ApiError(f, f"must be an integer >= 0, got {val!r}")
+            if val == 0:  # SGLang allows it: prefill only, no output tokens
+                out["prefill_only"] = True
+            else:
+                kw[key] = int(val)
         elif key == "temperature":
             if not _is_num(val) or val < 0:
                 raise ApiError(f, f"must be a number >= 0, got {val!r}")
@@ -220,9 +249,13 @@ def parse_generate(body: Any, *, tokenize: Callable[[str], list[int]] | None = N
         suffix = f"[{i}]" if batched else ""
         params, out = _sampling(sps[i], "sampling_params" + (suffix if isinstance(
             body.get("sampling_params"), list) else ""))
+        where = ("input_ids" if has_ids else "text") + suffix
         if context_length is not None and len(prompts[i]) >= context_length:
-            raise ApiError("input_ids" + suffix if has_ids else "text" + suffix,
-                           f"prompt has {len(prompts[i])} tokens; the context length is {context_length}")
+            raise ApiError(where, f"The input ({len(prompts[i])} tokens) is longer than the model's context "
+                                  f"length ({context_length} tokens).")
+        asked = sps[i].get("max_new_tokens") if isinstance(sps[i], dict) else None
+        if context_length is not None and _is_int(asked) and len(prompts[i]) + asked >= context_length:
+            raise ApiError(where, context_error(len(prompts[i]), asked, context_length))
         lp = rlp[i] if rlp[i] is not None else False
         rid = rids[i]
         if rid is not None and not isinstance(rid, str):
@@ -234,8 +267,10 @@ def parse_generate(body: Any, *, tokenize: Callable[[str], list[int]] | None = N
         options.append(OutputOptions(
             skip_special_tokens=out.get("skip_special_tokens", True),
             no_stop_trim=out.get("no_stop_trim", False),
-            return_logprob=_bool(lp, "return_logprob"), return_text_in_logprobs=rtl, rid=rid))
-    return ParsedGenerate(requests=requests, options=options, batched=batched)
+            return_logprob=_bool(lp, "return_logprob"), return_text_in_logprobs=rtl, rid=rid,
+            prefill_only=out.get("prefill_only", False)))
+    stream = _bool(body.get("stream", False) or False, "stream")
+    return ParsedGenerate(requests=requests, options=options, batched=batched, stream=stream)
 
 
 def finish_reason_json(c: Completion, max_new_tokens: int) -> dict:
@@ -248,15 +283,15 @@ def finish_reason_json(c: Completion, max_new_tokens: int) -> dict:
 
 def generate_response(c: Completion, req: GenerateRequest, opts: OutputOptions, *, text: str,
                       rid: str, e2e_latency: float,
-                      token_text: Callable[[int], str] | None = None) -> dict:
-    """One /generate response object, as SGLang builds it."""
+                      token_text: Callable[[int], str] | None = None, weight_version: str | None = None) -> dict:
+    """One /generate response object, as SGLang builds it (`TokenizerManager._handle_batch_output`)."""
     meta = {
         "id": rid,
-        "finish_reason": finish_reason_json(c, req.params.max_new_tokens),
+        "finish_reason": finish_reason_json(c, 0 if opts.prefill_only else req.params.max_new_tokens),
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": len(c.token_ids),
         "cached_tokens": c.cached_tokens,
-        "weight_version": str(c.weight_version),
+        "weight_version": str(c.weight_version) if weight_version is None else weight_version,
         "e2e_latency": e2e_latency,
     }
     if opts.return_logprob:
@@ -296,8 +331,19 @@ def parse_weight_version(v: Any, default: int = 0) -> int:
         return default
 
 
-def parse_response(obj: dict, req: GenerateRequest) -> Completion:
-    """A /generate response object -> Completion. Raises ValueError if malformed."""
+def parse_response(obj: dict, req: GenerateRequest, *, default_version: int = 0) -> Completion:
+    """A /generate response object -> Completion. Raises ValueError if malformed.
+
+    `default_version` is reported when meta_info has no usable weight_version
+    (sglang-jax sends none; SGLang sends "default" until one is set).
+
+    `ignore_eos` with `stop_token_ids`: SGLang's `Req.check_finished`
+    (`schedule_batch.py`) skips every token stop when `ignore_eos` is set, while
+    our protocol promises that explicit stop ids still stop. The tokens before
+    and at the first stop id are exactly what a stopping server would have
+    returned (sampling is causal), so the output is cut there: finish "stop",
+    `matched` the id, `text` None (the server's text covers the cut tokens).
+    """
     if not isinstance(obj, dict) or "meta_info" not in obj:
         raise ValueError(f"not a /generate response: {str(obj)[:200]}")
     meta = obj["meta_info"]
@@ -310,15 +356,23 @@ def parse_response(obj: dict, req: GenerateRequest) -> Completion:
     ids = obj.get("output_ids")
     if ids is None:  # older SGLang: token ids only inside the logprob triples
         ids = [t[1] for t in lps]
+    ids = [int(t) for t in ids]
+    logprobs = [float(t[0]) for t in lps]
+    text = obj.get("text")
+    p = req.params
+    if p.ignore_eos and p.stop_token_ids and kind != "abort":
+        cut = next((i for i, t in enumerate(ids) if t in set(p.stop_token_ids)), None)
+        if cut is not None and (cut + 1 < len(ids) or kind != "stop"):
+            ids, logprobs, kind, matched, text = ids[: cut + 1], logprobs[: cut + 1], "stop", ids[cut], None
     return Completion(
-        token_ids=tuple(int(t) for t in ids),
-        logprobs=tuple(float(t[0]) for t in lps),
+        token_ids=tuple(ids),
+        logprobs=tuple(logprobs),
         finish_reason=kind,
         matched=matched,
-        weight_version=parse_weight_version(meta.get("weight_version")),
+        weight_version=parse_weight_version(meta.get("weight_version"), default_version),
         prompt_tokens=int(meta.get("prompt_tokens", len(req.prompt_ids))),
         cached_tokens=int(meta.get("cached_tokens", 0)),
-        text=obj.get("text"),
+        text=text,
     )
 
 
@@ -326,5 +380,5 @@ def as_list(obj: Any) -> list:
     return obj if isinstance(obj, list) else [obj]
 
 
-__all__ = ["ApiError", "OutputOptions", "ParsedGenerate", "parse_generate", "generate_response",
+__all__ = ["ApiError", "error_message", "context_error", "OutputOptions", "ParsedGenerate", "parse_generate", "generate_response",
            "request_body", "parse_response", "parse_weight_version", "finish_reason_json", "as_list"]

@@ -10,10 +10,40 @@ Routing: a request with a `session_id` goes to the server that served the
 session before (its radix / prefix cache holds the episode's history); new
 sessions and session-less requests go to the server with the fewest requests
 outstanding from this client (ties rotate). A server that cannot be reached
-(connection refused, reset, timed out) is marked down for `retry_down_s`
-and the request is retried on another one; when every server has failed the
-request raises `GeneratorError` naming each server and its error. A 4xx
-answer is the request's fault and is raised at once (not retried).
+(connection refused, reset, timed out, HTTP 500/502) is marked down for
+`retry_down_s` and the request is retried on another one; when every server
+has failed the request raises `GeneratorError` naming each server and its
+error. A 4xx answer is the request's fault and is raised at once (not
+retried); its message is read from SGLang's {"error": {"message"}} bodies.
+
+Overload: SGLang answers HTTP 503 "The request queue is full." when its
+waiting queue is at `--max-queued-requests` (and 429 behind some gateways).
+That is not a dead server: the client backs off (exponentially, from
+`backoff_s` to 2 s, with jitter) and retries, preferring a server that is not
+overloaded, for at most `overload_budget_s` seconds per request, then raises
+`GeneratorError` saying so.
+
+Aborts: a request the server aborts (SGLang's `/pause_generation` in "abort"
+mode, `/abort_request`, a shutdown) comes back HTTP 200 with finish_reason
+"abort" and partial output. It is retried `abort_retries` times (paused servers
+hold the retry until `/continue_generation`); then `GenerationAborted` is
+raised, carrying the partial completion. A partial turn is never returned as
+a normal one.
+
+Weight sync (`update_weights`): `/pause_generation` (mode `pause_mode`,
+"retract" by default: running requests go back to the waiting queue, no work
+lost, the KV cache can be flushed) -> `/update_weights_from_disk` ->
+`/continue_generation`, on every server, as SGLang's
+`docs/advanced_features/sglang_for_rl.md` prescribes; without the pause the
+update waits on SGLang's writer lock for every in-flight request
+(`TokenizerManager.update_weights_from_disk`).
+
+Start-up check (`check_servers`, run once on first use): reads
+`/get_server_info` (is `sampling_seed` honored? SGLang uses it only with
+`--enable-deterministic-inference`) and probes `GET /update_weights_from_disk`
+(405: the POST route exists; 404: it does not, as on sglang-jax). With
+`require_weight_updates` (the default) a server without the route fails the
+first call with a message saying what to use instead.
 """
 
 from __future__ import annotations
@@ -23,6 +53,7 @@ import collections
 import dataclasses
 import itertools
 import logging
+import random
 import time
 import uuid
 from collections.abc import Sequence
@@ -31,7 +62,7 @@ from typing import Any
 import aiohttp
 
 from agentic.inference.protocol import Completion, GenerateRequest, Generator, GeneratorError
-from agentic.inference.sglang_api import parse_response, parse_weight_version, request_body
+from agentic.inference.sglang_api import error_message, parse_response, parse_weight_version, request_body
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +74,11 @@ class _Server:
     down_until: float = 0.0
     last_error: str = ""
     served: int = 0
+    overloaded_until: float = 0.0
+    info: dict | None = None  # /get_server_info, once checked
+    has_update_route: bool | None = None
+    seeds_honored: bool | None = None
+    warned_seeds: bool = False
 
     def up(self, now: float) -> bool:
         return now >= self.down_until
@@ -50,6 +86,27 @@ class _Server:
 
 class _Unreachable(Exception):
     pass
+
+
+class GenerationAborted(GeneratorError):
+    """The server aborted the request (finish_reason "abort") on every try.
+
+    `completion` is the last partial completion. It must not be trained on as a
+    normal turn: drop the episode (or its group) and count it.
+    """
+
+    def __init__(self, message: str, completion: Completion):
+        super().__init__(message)
+        self.completion = completion
+
+
+NO_UPDATE_ROUTE = (
+    "{url} has no /update_weights_from_disk route (HTTP 404), so the learner cannot push weights to it. "
+    "sglang-jax (the TPU port of SGLang) serves no weight-update route and reports no weight_version. "
+    "For RL on TPU use generator.backend='engine' (the embedded JAX engine on the actor cores, weights "
+    "swapped in memory), or our server (python -m agentic.inference.launch_server), or a GPU SGLang server; "
+    "for evaluation only, construct SGLangClient(..., require_weight_updates=False). See BUILD.md, "
+    "'TPU inference options'.")
 
 
 class SGLangClient(Generator):
@@ -61,10 +118,20 @@ class SGLangClient(Generator):
       connect_timeout_s: limit for opening a connection.
       retry_down_s: how long a failed server is skipped before it is tried again.
       max_sessions: affinity entries kept (least recently used dropped).
+      overload_budget_s: how long one request keeps retrying overloaded servers (HTTP 503/429).
+      backoff_s: first backoff after an overload answer (doubles up to 2 s, with jitter).
+      abort_retries: how often an aborted request is sent again before `GenerationAborted`.
+      pause_mode: `/pause_generation` mode around weight updates: "retract", "in_place",
+        "abort" (in-flight requests come back aborted and are retried), or None (no pause).
+      require_weight_updates: fail at the first call if a server has no weight-update route.
+      require_seeds: raise instead of warning when a seeded request goes to a server that
+        ignores `sampling_seed` (SGLang without --enable-deterministic-inference).
     """
 
     def __init__(self, urls: Sequence[str], *, timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
-                 retry_down_s: float = 5.0, max_sessions: int = 100_000):
+                 retry_down_s: float = 5.0, max_sessions: int = 100_000, overload_budget_s: float = 120.0,
+                 backoff_s: float = 0.05, abort_retries: int = 2, pause_mode: str | None = "retract",
+                 require_weight_updates: bool = True, require_seeds: bool = False):
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -77,6 +144,13 @@ class SGLangClient(Generator):
         self._rr = itertools.count()
         self._session: aiohttp.ClientSession | None = None
         self._version = 0
+        if pause_mode not in ("retract", "in_place", "abort", None):
+            raise ValueError(f"pause_mode must be 'retract', 'in_place', 'abort' or None, got {pause_mode!r}")
+        self.overload_budget_s, self.backoff_s = float(overload_budget_s), float(backoff_s)
+        self.abort_retries, self.pause_mode = int(abort_retries), pause_mode
+        self.require_weight_updates, self.require_seeds = require_weight_updates, require_seeds
+        self.stats: collections.Counter = collections.Counter()  # overloaded, aborted, retried_aborts
+        self._check_lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -107,6 +181,8 @@ class SGLangClient(Generator):
             cands = [s for s in self.servers if s not in tried]
         if not cands:
             return None
+        calm = [s for s in cands if now >= s.overloaded_until]
+        cands = calm or cands
         low = min(s.outstanding for s in cands)
         best = [s for s in cands if s.outstanding == low]
         return best[next(self._rr) % len(best)]
@@ -143,34 +219,61 @@ class SGLangClient(Generator):
         return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
 
     async def _generate_one(self, req: GenerateRequest) -> Completion:
-        body = request_body(req, rid=uuid.uuid4().hex)
+        await self.check_servers()
         tried: set[_Server] = set()
-        errors = []
+        errors: list[str] = []
+        aborts = 0
+        t0 = time.monotonic()
+        backoff = self.backoff_s
         while True:
             server = self._pick(req.session_id, tried)
             if server is None:
                 raise GeneratorError("no SGLang server could serve the request: " + "; ".join(errors))
-            tried.add(server)
+            self._check_seed(server, req)
+            body = request_body(req, rid=uuid.uuid4().hex)
             server.outstanding += 1
             try:
                 status, data = await self._post(server, "/generate", body)
             except _Unreachable as e:
+                tried.add(server)
                 self._mark_down(server, str(e))
                 errors.append(f"{server.url}: {e}")
                 continue
             finally:
                 server.outstanding -= 1
+            if status in (503, 429):  # overloaded (SGLang: "The request queue is full."), not down
+                self.stats["overloaded"] += 1
+                waited = time.monotonic() - t0
+                msg = error_message(data)
+                if waited >= self.overload_budget_s:
+                    raise GeneratorError(
+                        f"SGLang servers stayed overloaded for {waited:.1f} s (overload_budget_s="
+                        f"{self.overload_budget_s:g}); last answer from {server.url}: HTTP {status}: {msg}")
+                delay = min(backoff * (0.5 + random.random()), self.overload_budget_s - waited)
+                server.overloaded_until = time.monotonic() + delay
+                backoff = min(2 * backoff, 2.0)
+                await asyncio.sleep(delay)
+                continue
             if status >= 500:
-                errors.append(f"{server.url}: HTTP {status}: {str(data)[:300]}")
+                tried.add(server)
+                errors.append(f"{server.url}: HTTP {status}: {error_message(data)[:300]}")
                 self._mark_down(server, f"HTTP {status}")
                 continue
             if status != 200:
-                msg = data.get("message", data) if isinstance(data, dict) else data
-                raise GeneratorError(f"{server.url} rejected the request (HTTP {status}): {msg}")
+                raise GeneratorError(f"{server.url} rejected the request (HTTP {status}): {error_message(data)}")
             try:
-                completion = parse_response(data, req)
-            except (ValueError, KeyError, TypeError, IndexError) as e:
+                completion = parse_response(data, req, default_version=self._version)
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError) as e:
                 raise GeneratorError(f"{server.url} sent a malformed /generate response: {e}") from e
+            if completion.finish_reason == "abort":
+                self.stats["aborted"] += 1
+                aborts += 1
+                if aborts > self.abort_retries:
+                    raise GenerationAborted(
+                        f"{server.url} aborted the request {aborts} times (abort_retries={self.abort_retries}): "
+                        f"{completion.matched}", completion)
+                self.stats["retried_aborts"] += 1
+                continue
             server.served += 1
             self._version = max(self._version, completion.weight_version)
             self._remember(req.session_id, server)
@@ -193,19 +296,86 @@ class SGLangClient(Generator):
 
         return dict(await asyncio.gather(*(one(s) for s in self.servers)))
 
+    async def check_servers(self) -> None:
+        """Reads every not yet checked server's /get_server_info and probes its weight-update route.
+
+        Runs once per server (on first use; unreachable servers are checked when they
+        answer). Raises GeneratorError if `require_weight_updates` and a server has no
+        /update_weights_from_disk route (sglang-jax).
+        """
+        if any(s.info is None for s in self.servers):
+            if self._check_lock is None:
+                self._check_lock = asyncio.Lock()
+            async with self._check_lock:
+                now = time.monotonic()
+                await asyncio.gather(*(self._check_one(s) for s in self.servers if s.info is None and s.up(now)))
+        if self.require_weight_updates:
+            self._raise_if_no_update_route()
+
+    def _raise_if_no_update_route(self) -> None:
+        missing = [s.url for s in self.servers if s.has_update_route is False]
+        if missing:
+            also = f" (also: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+            raise GeneratorError(NO_UPDATE_ROUTE.format(url=missing[0]) + also)
+
+    async def _check_one(self, s: _Server) -> None:
+        http = self._http()
+        try:
+            async with http.get(s.url + "/get_server_info") as resp:
+                info = await resp.json(content_type=None) if resp.status == 200 else {}
+            # GET on a POST-only route: 405 if the route exists (FastAPI / aiohttp), 404 if not.
+            async with http.get(s.url + "/update_weights_from_disk") as resp:
+                s.has_update_route = resp.status != 404
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            self._mark_down(s, f"check failed: {type(e).__name__}: {e}")
+            return
+        s.info = info if isinstance(info, dict) else {}
+        # SGLang's sampler uses sampling_seed only with --enable-deterministic-inference;
+        # our server always does and says so with "sampling_seed_honored".
+        s.seeds_honored = bool(s.info.get("sampling_seed_honored", s.info.get("enable_deterministic_inference")))
+
+    def _check_seed(self, s: _Server, req: GenerateRequest) -> None:
+        if req.params.seed is None or s.seeds_honored is not False or req.params.temperature == 0:
+            return
+        msg = (f"{s.url} ignores sampling_seed (SGLang uses it only when started with "
+               f"--enable-deterministic-inference): seeded requests are not reproducible there")
+        if self.require_seeds:
+            raise GeneratorError(msg)
+        if not s.warned_seeds:
+            s.warned_seeds = True
+            log.warning(msg)
+
     async def update_weights(self, model_path: str, version: int, *, flush_cache: bool = True) -> dict:
-        """Every server loads new weights from `model_path` (SGLang's /update_weights_from_disk).
+        """Every server loads new weights from `model_path` (SGLang's /update_weights_from_disk),
+        between /pause_generation and /continue_generation (unless pause_mode is None).
 
         Raises:
-          GeneratorError: naming the servers that failed (the others did update).
+          GeneratorError: a server has no weight-update route (sglang-jax: what to do instead),
+            or naming the servers whose update failed (the others did update).
         """
-        body = {"model_path": model_path, "weight_version": str(int(version)), "flush_cache": flush_cache}
-        results = await self._broadcast("/update_weights_from_disk", body)
+        await self.check_servers()
+        self._raise_if_no_update_route()
+        paused = {}
+        if self.pause_mode is not None:
+            paused = await self._broadcast("/pause_generation", {"mode": self.pause_mode})
+            for u, r in paused.items():
+                if r[0] != 200:
+                    log.warning("%s: /pause_generation answered %s (%s); updating without a pause", u, r[0],
+                                error_message(r[1])[:200])
+        try:
+            body = {"model_path": model_path, "weight_version": str(int(version)), "flush_cache": flush_cache}
+            results = await self._broadcast("/update_weights_from_disk", body)
+        finally:
+            if self.pause_mode is not None:
+                resumed = await self._broadcast("/continue_generation", {})
+                for u, r in resumed.items():
+                    if paused.get(u, (0,))[0] == 200 and r[0] != 200:
+                        log.error("%s: /continue_generation failed (%s): the server stays paused", u, r[1])
         failed = {u: r for u, r in results.items()
                   if r[0] != 200 or not (isinstance(r[1], dict) and r[1].get("success", False))}
         if failed:
             raise GeneratorError("update_weights failed on " + "; ".join(
-                f"{u}: {r[1] if not isinstance(r[1], dict) else r[1].get('message')}" for u, r in failed.items()))
+                f"{u}: HTTP {r[0]}: {error_message(r[1])}" for u, r in failed.items()))
         self._version = int(version)
         return results
 

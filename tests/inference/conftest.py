@@ -20,16 +20,23 @@ EOS = 256
 
 
 class ByteTokenizer:
-    """Token id = byte value (0..255); 256 = <eos>; 257.. = special tokens <|tN|>."""
+    """Token id = byte value (0..255); 256 = <eos>; 257.. = special tokens <|tN|>; 258 = BOS,
+    added by `encode(add_special_tokens=True)` as HF tokenizers add theirs."""
 
     eos_token_id = EOS
     pad_token_id = 257
+    bos_token_id = 258
 
     def __init__(self, vocab_size: int):
         self.vocab_size = vocab_size
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return list(text.encode("utf-8"))
+        return ([self.bos_token_id] if add_special_tokens else []) + list(text.encode("utf-8"))
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str:
+        """A minimal ChatML-like template (the real one is the checkpoint's jinja2 template)."""
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return text + ("<assistant>" if add_generation_prompt else "")
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         out, buf = [], bytearray()

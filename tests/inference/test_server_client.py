@@ -105,7 +105,11 @@ def test_server_validates_requests_and_keeps_serving(fresh_core):
                     ({"input_ids": [1, 2], "sampling_params": {"bogus": 1}}, "sampling_params.bogus"),
                     ({"input_ids": [1, 2], "sampling_params": {"frequency_penalty": 0.5}},
                      "sampling_params.frequency_penalty"),
-                    ({"input_ids": [1, 2], "stream": True}, "stream"),
+                    ({"input_ids": [1, 2], "stream": "yes"}, "stream"),
+                    ({"input_ids": [1, 2], "sampling_params": {"max_new_tokens": -1}},
+                     "sampling_params.max_new_tokens"),
+                    ({"input_ids": list(range(1, 100)), "sampling_params": {"max_new_tokens": 29}},
+                     "input_ids"),  # prompt + max_new_tokens past the context (128): SGLang's 400
                     ({"input_ids": [1, 2], "return_logprob": "yes"}, "return_logprob"),
                     ({"input_ids": [[1, 2], [3]], "sampling_params": [{}]}, "sampling_params"),
                     ({"input_ids": list(range(1, 200))}, "input_ids"),  # longer than the context
@@ -114,9 +118,10 @@ def test_server_validates_requests_and_keeps_serving(fresh_core):
                 for body, field in bad:
                     status, data = await post(body)
                     assert status == 400, (body, data)
-                    assert data["param"] == field and field in data["message"], (body, data)
+                    err = data["error"]  # SGLang's native error shape {"error": {"message": ...}}
+                    assert err["param"] == field and field in err["message"], (body, data)
                 status, data = await post(None, raw=b"{not json")
-                assert status == 400 and data["param"] == "body"
+                assert status == 400 and data["error"]["param"] == "body"
 
                 # still serving; SGLang's response shapes
                 status, data = await post({"input_ids": [5, 6, 7], "return_logprob": True,
