@@ -14,7 +14,7 @@ Usage (one client per event loop; share it between all episodes of an actor):
         except EnvError as e:              # typed, per episode: count type(e).__name__
             drop_episode(e)
         finally:
-            metrics = await client.close(session)  # never raises; {} if the session is gone
+            metrics = await client.close(session)  # never raises; {"session_lost": 1.0} if it was lost
 
     # Many sessions at once, one RPC per host (EnvPool style); errors come back in place:
     results = await client.step_many([(s1, "a"), (s2, "b")])   # list[Step | EnvError]
@@ -77,6 +77,10 @@ from agentic.env.errors import (
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc
 from agentic.env.protocol import Observation, Step
+
+
+# The metric `close()` returns for a session that ended without its metrics (its env's are gone).
+SESSION_LOST_METRIC = "session_lost"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -410,10 +414,12 @@ class EnvClient:
                     info=_info(s.info_json, s.observation_truncated))
 
     async def close(self, session: Session) -> dict[str, float]:
-        """Closes the session and returns its metrics; never raises ({} when the session is already gone)."""
+        """Closes the session and returns its metrics. Never raises: a session that had already ended
+        without its metrics (its worker died, it ran past its deadline, its host restarted or cannot
+        be reached) returns `{SESSION_LOST_METRIC: 1.0}`; `{}` is an env without metrics (or a second close)."""
         host = self._hosts.get(session.host)
         if host is None or (host.host_id and host.host_id != session.host_id):
-            return {}
+            return self._lost_metrics()
         host.load_delta[session.env] -= 1
         for attempt in range(2):  # Close is idempotent on the host: one retry is safe
             try:
@@ -423,13 +429,19 @@ class EnvClient:
                 if attempt == 0:
                     continue
                 self.stats["close_failed"] += 1
-                return {}
+                return self._lost_metrics()
             if result.HasField("error"):
                 self.stats["close_failed"] += 1
-                return {}
+                return self._lost_metrics()
+            if result.close.lost:
+                return self._lost_metrics()
             self.stats["closed"] += 1
             return json.loads(result.close.metrics_json) if result.close.metrics_json else {}
-        return {}
+        return self._lost_metrics()
+
+    def _lost_metrics(self) -> dict[str, float]:
+        self.stats["closed_lost"] += 1
+        return {SESSION_LOST_METRIC: 1.0}
 
     def _count(self, err: EnvError) -> EnvError:
         self.stats[type(err).__name__] += 1

@@ -83,6 +83,7 @@ from agentic.env.wire import FrameError, FrameWriter, read_frame, run_event_loop
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EnvService"].full_name
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
 _SESSION_ID = re.compile(r"([0-9a-f]{8})-[0-9]+")  # "<host_id>-<n>"
+_CLOSED = "it was closed"
 _TOMBSTONES = 200_000  # remembered ended sessions, so late steps learn *why* a session is gone
 
 
@@ -594,15 +595,19 @@ class EnvHost(pb_grpc.EnvServiceServicer):
                                truncated=ok["truncated"], info_json=ok["info"], observation_truncated=ok["cut"])
 
     async def close(self, sid: str) -> pb.CloseResponse:
+        """Ends the session and returns its metrics; `lost` says why there are none when it had ended."""
         session = self.sessions.get(sid)
         if session is None:
-            return pb.CloseResponse()
-        self._drop(session, "it was closed")
+            reason = self.tombstones.get(sid, _CLOSED)
+            return pb.CloseResponse(lost="" if reason == _CLOSED else f"session had ended: {reason}")
+        self._drop(session, _CLOSED)
         self.inflight += 1
         try:
             reply = await session.worker.call({"op": "close", "sid": sid}, 30)
-        except (_OpTimeout, WorkerDied):
-            return pb.CloseResponse()
+        except _OpTimeout:
+            return pb.CloseResponse(lost=f"its worker {session.worker.name} did not answer the close within 30s")
+        except WorkerDied as e:
+            return pb.CloseResponse(lost=str(e))
         finally:
             self.inflight -= 1
         return pb.CloseResponse(metrics_json=reply.get("ok", {}).get("metrics", ""))

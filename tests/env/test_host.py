@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from agentic.env.client import EnvClient
+from agentic.env.client import SESSION_LOST_METRIC, EnvClient
 from agentic.env.errors import (
     EnvDeadlineExceeded,
     EnvResourceExhausted,
@@ -413,3 +413,22 @@ def test_huge_client_strings_get_the_right_code_and_a_bounded_message(host):
         for r in results:
             assert r.HasField("error") and len(r.error.message) <= 4000 and "x" * 201 not in r.error.message
         assert stub.Step(pb.StepRequest(session_id=session, action=b"fine"), timeout=10).observation == "fine"
+
+
+def test_close_says_when_the_worker_died_after_the_last_step(host):
+    async def body(client):
+        session, _ = await client.open("faulty")
+        pid = int((await client.step(session, "pid")).observation)
+        os.kill(pid, signal.SIGKILL)  # after the episode's last step, before its close
+        await asyncio.sleep(0.3)
+        with grpc.insecure_channel(host.address) as ch:  # raw: the host says why in CloseResponse.lost
+            raw = pb_grpc.EnvServiceStub(ch).Close(pb.CloseRequest(session_id=session.session_id), timeout=5)
+        lost = await client.close(session)
+        normal, _ = await client.open("echo", {"turns": 1})
+        await client.step(normal, "a")
+        return raw, lost, await client.close(normal), await client.close(normal)
+
+    raw, lost, metrics, again = run(body, host.address)
+    assert "was killed by signal SIGKILL" in raw.lost, raw
+    assert lost == {SESSION_LOST_METRIC: 1.0}
+    assert metrics == {"steps": 1.0} and again == {}  # closing twice is not a loss

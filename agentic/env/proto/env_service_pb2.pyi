@@ -129,10 +129,12 @@ class CloseRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class CloseResponse(_message.Message):
-    __slots__ = ("metrics_json",)
+    __slots__ = ("metrics_json", "lost")
     METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
     metrics_json: str
-    def __init__(self, metrics_json: _Optional[str] = ...) -> None: ...
+    lost: str
+    def __init__(self, metrics_json: _Optional[str] = ..., lost: _Optional[str] = ...) -> None: ...
 
 class InfoRequest(_message.Message):
     __slots__ = ()
