@@ -1,6 +1,6 @@
 """The env host: a gRPC server that runs env sessions in worker subprocesses.
 
-    python -m agentic.env.host --port 50051 --envs echo,game [--workers 2] [--token T]
+    python -m agentic.env.host --port 50051 --envs echo,game [--workers 2] [--token-file F]
 
 One `EnvHost` serves any registered env kinds (by registry name; env kwargs and
 the task arrive as JSON at session open). For each kind it keeps `--workers`
@@ -23,8 +23,9 @@ its own asyncio loop; a session is pinned to one worker. What the host promises:
 - SIGTERM drains: health turns NOT_SERVING and opens are refused (HOST_DRAINING);
   steps are still served until no op is in flight (at most `--drain-timeout-s`),
   then the server and the workers stop.
-- Binds 127.0.0.1 unless `--bind` says otherwise; `--token` requires
-  `authorization: Bearer <token>` metadata (health checks are exempt);
+- Binds 127.0.0.1 unless `--bind` says otherwise, and refuses any other address without a token
+  (env hosts run code sandboxes: whoever reaches the port runs code) unless `--insecure` is given;
+  `--token`/`--token-file` require `authorization: Bearer <token>` metadata (health checks are exempt);
   `--tls-cert/--tls-key` serve TLS. Observations over `--max-observation-bytes`
   are cut with `observation_truncated` set (and `info["observation_truncated"]`).
 
@@ -41,6 +42,7 @@ import contextlib
 import dataclasses
 import gc
 import hmac
+import ipaddress
 import itertools
 import json
 import os
@@ -107,7 +109,9 @@ class HostConfig:
             process (name -> MB; "*" = all; 0 = no limit); a worker over it is recycled.
         recycle_grace_s: after a deadline, a worker that does not answer a ping this fast is recycled.
         drain_timeout_s: on SIGTERM, how long in-flight ops may take to finish.
-        token: shared secret clients must send as `authorization: Bearer <token>`.
+        token: shared secret clients must send as `authorization: Bearer <token>`; required to bind a
+            non-loopback address (TLS alone does not say who the client is) unless `insecure`.
+        insecure: allow a non-loopback `bind` without a token (a trusted, closed network only).
         tls_cert, tls_key: PEM files; both set = serve TLS.
     """
 
@@ -126,6 +130,7 @@ class HostConfig:
     recycle_grace_s: float = 1.0
     drain_timeout_s: float = 30.0
     token: str | None = None
+    insecure: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -138,11 +143,24 @@ class HostConfig:
             for name, n in table.items():
                 if n < 1:
                     raise ValueError(f"HostConfig.{field}[{name!r}] must be >= 1, got {n}")
+        if not self.token and not self.insecure and not _is_loopback(self.bind):
+            raise ValueError(f"refusing to listen on {self.bind} without a token: env hosts run env code (code "
+                             "sandboxes), so anyone who can reach the port could run code. Give --token-file "
+                             "(or --token / $AGENTIC_ENV_TOKEN; clients send it), or --insecure on a closed network")
         if self.max_action_bytes < 1 or self.max_observation_bytes < 1:
             raise ValueError("max_action_bytes and max_observation_bytes must be >= 1")
 
     def per_kind(self, table: Mapping[str, Any], name: str, default: Any) -> Any:
         return table.get(name, table.get("*", default))
+
+
+def _is_loopback(bind: str) -> bool:
+    if bind.strip("[]") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 class WorkerDied(Exception):
@@ -773,20 +791,36 @@ def parse_args(argv: list[str] | None = None) -> HostConfig:
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--recycle-grace-s", type=float, default=1.0)
     p.add_argument("--drain-timeout-s", type=float, default=30.0)
-    p.add_argument("--token", default=os.environ.get("AGENTIC_ENV_TOKEN"),
-                   help="shared secret for 'authorization: Bearer' metadata (default $AGENTIC_ENV_TOKEN)")
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--token", default=os.environ.get("AGENTIC_ENV_TOKEN"),
+                      help="shared secret for 'authorization: Bearer' metadata (default $AGENTIC_ENV_TOKEN)")
+    auth.add_argument("--token-file", default=None,
+                      help="file holding the token (keeps it out of the process list)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --bind without a token (only on a closed, trusted network)")
     p.add_argument("--tls-cert", default=None)
     p.add_argument("--tls-key", default=None)
     a = p.parse_args(argv)
-    return HostConfig(
-        envs=tuple(n.strip() for n in a.envs.split(",") if n.strip()), bind=a.bind, port=a.port,
-        workers=_table(a.workers, int) or {"*": 1}, max_sessions=_table(a.max_sessions, int),
-        step_deadline_s=_table(a.step_deadline_s, float), worker_memory_mb=_table(a.worker_memory_mb, int),
-        imports=tuple(a.imports),
-        idle_timeout_s=a.idle_timeout_s, max_action_bytes=a.max_action_bytes,
-        max_observation_bytes=a.max_observation_bytes, max_message_bytes=a.max_message_bytes,
-        recycle_grace_s=a.recycle_grace_s, drain_timeout_s=a.drain_timeout_s, token=a.token or None,
-        tls_cert=a.tls_cert, tls_key=a.tls_key)
+    token = a.token
+    if a.token_file:
+        try:
+            token = pathlib.Path(a.token_file).read_text().strip()
+        except OSError as e:
+            p.error(f"--token-file: {e}")
+        if not token:
+            p.error(f"--token-file {a.token_file} is empty")
+    try:
+        return HostConfig(
+            envs=tuple(n.strip() for n in a.envs.split(",") if n.strip()), bind=a.bind, port=a.port,
+            workers=_table(a.workers, int) or {"*": 1}, max_sessions=_table(a.max_sessions, int),
+            step_deadline_s=_table(a.step_deadline_s, float), worker_memory_mb=_table(a.worker_memory_mb, int),
+            imports=tuple(a.imports),
+            idle_timeout_s=a.idle_timeout_s, max_action_bytes=a.max_action_bytes,
+            max_observation_bytes=a.max_observation_bytes, max_message_bytes=a.max_message_bytes,
+            recycle_grace_s=a.recycle_grace_s, drain_timeout_s=a.drain_timeout_s, token=token or None,
+            insecure=a.insecure, tls_cert=a.tls_cert, tls_key=a.tls_key)
+    except ValueError as e:
+        p.error(str(e))
 
 
 async def serve(config: HostConfig) -> None:

@@ -49,19 +49,25 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def local_env_hosts(envs: Sequence[str], count: int = 1, *, workers: int = 1,
+def local_env_hosts(envs: Sequence[str], count: int = 1, *, workers: int = 1, token: str | None = None,
                     extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0) -> Iterator[list[str]]:
-    """Runs `count` env hosts serving `envs`; yields their addresses."""
+    """Runs `count` env hosts serving `envs` on loopback; yields their addresses.
+
+    `token`: the hosts require it (`EnvClient(token=...)`); handed over in the environment, not argv,
+    so it stays out of the process list. None: the hosts take $AGENTIC_ENV_TOKEN, if set.
+    """
     procs: list[subprocess.Popen] = []
     addresses: list[str] = []
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if token:
+        env["AGENTIC_ENV_TOKEN"] = token
     try:
         for _ in range(count):
             port = free_port()
             cmd = [sys.executable, "-m", "agentic.env.host", "--port", str(port), "--envs", ",".join(envs),
                    "--workers", str(workers), *extra_args]
             # Own process group: Ctrl-C in the terminal reaches us, and we stop the host (and its workers) ourselves.
-            procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent,
-                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+            procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env))
             addresses.append(f"127.0.0.1:{port}")
         for address, proc in zip(addresses, procs, strict=True):
             wait_healthy(address, startup_timeout_s, proc)

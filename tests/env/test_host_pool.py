@@ -2,8 +2,10 @@
 
 import asyncio
 import collections
+import os
 import shutil
 import subprocess
+import sys
 
 import grpc
 import pytest
@@ -11,6 +13,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentic.env.client import EnvClient
 from agentic.env.errors import EnvAuthError, EnvHostUnavailable, SessionLost
+from agentic.env.host import HostConfig
+from agentic.env.local_hosts import local_env_hosts
 from agentic.env.testing import HostProcess
 
 
@@ -98,3 +102,40 @@ def test_no_reachable_host_is_a_typed_error():
 
     with pytest.raises(EnvHostUnavailable, match="no reachable host serves env 'echo'"):
         asyncio.run(body())
+
+
+def test_hosts_refuse_a_network_address_without_a_token():
+    env = {k: v for k, v in os.environ.items() if k != "AGENTIC_ENV_TOKEN"}
+    result = subprocess.run([sys.executable, "-m", "agentic.env.host", "--envs", "echo", "--bind", "0.0.0.0",
+                             "--port", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "refusing to listen on 0.0.0.0 without a token" in result.stderr
+    for bind in ("0.0.0.0", "::", "10.1.2.3", "env-host.internal"):
+        with pytest.raises(ValueError, match="--insecure"):
+            HostConfig(envs=("echo",), bind=bind)
+        HostConfig(envs=("echo",), bind=bind, token="t")
+        HostConfig(envs=("echo",), bind=bind, insecure=True)
+    for bind in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"):
+        HostConfig(envs=("echo",), bind=bind)
+
+
+async def _step_once(address, **kw):
+    async with EnvClient(address, connect_timeout_s=2, **kw) as client:
+        session, _ = await client.open("echo")
+        return (await client.step(session, "hi")).observation
+
+
+def test_token_file_guards_a_host_on_every_interface(tmp_path):
+    token = tmp_path / "env_token"
+    token.write_text("per-run-secret\n")
+    with HostProcess(["echo"], "--bind", "0.0.0.0", "--token-file", str(token)) as host:
+        assert asyncio.run(_step_once(host.address, token="per-run-secret")) == "hi"
+        with pytest.raises(EnvAuthError):
+            asyncio.run(_step_once(host.address, token="guess"))
+        assert "per-run-secret" not in " ".join(host.cmd)
+
+
+def test_local_env_hosts_take_the_token_as_an_argument():
+    with local_env_hosts(["echo"], token="launcher-secret") as (address,):
+        assert asyncio.run(_step_once(address, token="launcher-secret")) == "hi"
+        with pytest.raises(EnvAuthError):
+            asyncio.run(_step_once(address, token="other"))
