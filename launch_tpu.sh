@@ -4,9 +4,10 @@
 # 1. create (or reuse) the TPU VM and, with --env-hosts N, N CPU VMs for env hosts;
 # 2. copy this repository's files (tracked and untracked-but-not-ignored) to every VM and
 #    install the pinned requirements (plus jax[tpu] on the TPU VM);
-# 3. start `python -m agentic.env.host` on each CPU VM and wait until it is ready;
-# 4. run experiments/search_r1.py on every TPU worker (--worker=all); the program calls
-#    jax.distributed.initialize() because of --config.distributed=True.
+# 3. start `python -m agentic.env.host` on each CPU VM and wait until it is ready; the hosts listen
+#    on 0.0.0.0 and require a token generated for this run (copied as a file, never printed);
+# 4. run experiments/search_r1.py on every TPU worker (--worker=all) with that token in
+#    $AGENTIC_ENV_TOKEN; the program calls jax.distributed.initialize() (--config.distributed=True).
 # --dry-run prints every command (prefixed with '+ ') and runs none of them.
 set -euo pipefail
 
@@ -164,6 +165,8 @@ exists() {
 }
 
 TARBALL=${TMPDIR:-/tmp}/agentic-$NAME.tar.gz
+TOKEN_FILE=${TMPDIR:-/tmp}/agentic-$NAME.env-token # this run's env host token (mode 600)
+REMOTE_TOKEN=env_token                             # under ~/$REMOTE_DIR on every VM
 REMOTE_TARBALL=/tmp/agentic.tar.gz
 REMOTE_DIR=agentic # under the remote user's home
 
@@ -204,9 +207,15 @@ done
 run bash -c "cd $(quote "$HERE") && git ls-files -z --cached --others --exclude-standard | tar --null -T - -czf $(quote "$TARBALL")"
 run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:$REMOTE_TARBALL" --worker=all "${GCLOUD_FLAGS[@]}"
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${GCLOUD_FLAGS[@]}" --command="$TPU_INSTALL"
+if ((ENV_HOSTS)); then
+  # A fresh secret per run: env hosts run code sandboxes, so only this run's trainer may reach them.
+  run bash -c "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > $(quote "$TOKEN_FILE")"
+  run gcloud compute tpus tpu-vm scp "$TOKEN_FILE" "$NAME:$REMOTE_DIR/$REMOTE_TOKEN" --worker=all "${GCLOUD_FLAGS[@]}"
+fi
 for vm in "${ENV_VMS[@]}"; do
   run gcloud compute scp "$TARBALL" "$vm:$REMOTE_TARBALL" "${GCLOUD_FLAGS[@]}"
   run gcloud compute ssh "$vm" "${GCLOUD_FLAGS[@]}" --command="$CPU_INSTALL"
+  run gcloud compute scp "$TOKEN_FILE" "$vm:$REMOTE_DIR/$REMOTE_TOKEN" "${GCLOUD_FLAGS[@]}"
 done
 
 # ---------------------------------------------------------------- 3. env hosts
@@ -214,8 +223,9 @@ ENV_ADDRESSES=()
 for vm in "${ENV_VMS[@]}"; do
   # (Re)start the host in the background, then wait for its "ready" line (or show its log).
   start="cd ~/$REMOTE_DIR && { [ ! -f env_host.pid ] || kill \$(cat env_host.pid) 2>/dev/null || true; }"
-  start+=" && { nohup .venv/bin/python -m agentic.env.host --port $ENV_PORT --envs search_r1 --bind 0.0.0.0"
-  start+=" --workers $ENV_WORKERS > env_host.log 2>&1 < /dev/null & echo \$! > env_host.pid; }"
+  start+=" && chmod 600 $REMOTE_TOKEN && { nohup .venv/bin/python -m agentic.env.host --port $ENV_PORT"
+  start+=" --envs search_r1 --bind 0.0.0.0 --token-file $REMOTE_TOKEN --workers $ENV_WORKERS"
+  start+=" > env_host.log 2>&1 < /dev/null & echo \$! > env_host.pid; }"
   start+=" && for _ in \$(seq 120); do grep -q ' ready on ' env_host.log && exit 0; sleep 1; done;"
   start+=" cat env_host.log; exit 1"
   run gcloud compute ssh "$vm" "${GCLOUD_FLAGS[@]}" --command="$start"
@@ -239,9 +249,12 @@ if [[ -n $SGLANG_URLS ]]; then
   train+=(--config.generator.backend=sglang "--config.generator.sglang_urls=$SGLANG_URLS")
 fi
 train+=("${EXTRA[@]}")
-command="cd ~/$REMOTE_DIR && $(quote_all "${train[@]}")"
+# The token reaches the trainer's EnvClient in its environment (read remotely: never printed here).
+token_env=
+((!ENV_HOSTS)) || token_env="AGENTIC_ENV_TOKEN=\"\$(cat $REMOTE_TOKEN)\" "
+command="cd ~/$REMOTE_DIR && $token_env$(quote_all "${train[@]}")"
 if ((DETACH)); then
-  command="cd ~/$REMOTE_DIR && nohup $(quote_all "${train[@]}") > train.log 2>&1 < /dev/null &"
+  command="cd ~/$REMOTE_DIR && ${token_env}nohup $(quote_all "${train[@]}") > train.log 2>&1 < /dev/null &"
 fi
 run gcloud compute tpus tpu-vm ssh "$NAME" --worker=all "${GCLOUD_FLAGS[@]}" --command="$command"
 if ((DETACH)); then

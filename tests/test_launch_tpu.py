@@ -78,7 +78,7 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
             "--version=tpu-ubuntu2204-base"} <= set(create)  # fmt: skip
     assert find(commands, "gcloud", "compute", "tpus", "tpu-vm", "describe", "rl-test")  # reuse check
 
-    (scp,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "scp")
+    scp, _token_scp = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "scp")
     assert "--worker=all" in scp and scp[6] == "rl-test:/tmp/agentic.tar.gz"
     install, train = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "rl-test")
     assert "--worker=all" in install and "--worker=all" in train
@@ -92,13 +92,24 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
         c for c in find(commands, "gcloud", "compute", "ssh") if "agentic.env.host" in option(c, "--command")
     ]
     assert [c[3] for c in starts] == ["rl-test-env-1", "rl-test-env-2"]
-    assert "python -m agentic.env.host --port 50051 --envs search_r1 --bind 0.0.0.0" in option(
+    assert "python -m agentic.env.host --port 50051 --envs search_r1 --bind 0.0.0.0 --token-file env_token" in option(
         starts[0], "--command"
     )
 
+    # One token per run: generated locally (mode 600), copied as a file to the TPU workers and to each env
+    # host VM before its host starts, handed to the trainer in its environment; the secret is never printed.
+    (generate,) = [c for c in commands if c[:2] == ["bash", "-c"] and "/dev/urandom" in c[2]]
+    assert "umask 077" in generate[2] and generate[2].endswith(f"> {tmp_path}/agentic-rl-test.env-token")
+    copies = [c for c in commands if "scp" in c and f"{tmp_path}/agentic-rl-test.env-token" in c]
+    destinations = [a for c in copies for a in c if a.endswith(":agentic/env_token")]
+    assert destinations == ["rl-test:agentic/env_token", "rl-test-env-1:agentic/env_token",
+                            "rl-test-env-2:agentic/env_token"]  # fmt: skip
+    assert "--worker=all" in copies[0] and commands.index(copies[2]) < commands.index(starts[1])
+
     train_cmd = option(train, "--command")
-    assert train_cmd.startswith("cd ~/agentic && ")
-    argv = shlex.split(train_cmd.removeprefix("cd ~/agentic && "))
+    prefix = 'cd ~/agentic && AGENTIC_ENV_TOKEN="$(cat env_token)" '
+    assert train_cmd.startswith(prefix)
+    argv = shlex.split(train_cmd.removeprefix(prefix))
     assert argv == [
         ".venv/bin/python", "experiments/search_r1.py",
         "--config=experiments/configs/search_r1.py:qwen2_5_7b_tpu", "--workdir=gs://bkt/run1",
@@ -121,6 +132,12 @@ def test_real_run_executes_exactly_the_printed_commands(fake_gcloud, tmp_path):
     expected = [[a.replace("IP-OF-rl-test-env-1", "10.0.0.1").replace("IP-OF-rl-test-env-2", "10.0.0.2")
                  for a in c] for c in expected]  # fmt: skip
     assert ran == expected
+    token = (tmp_path / "agentic-rl-test.env-token").read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token)
+    assert (tmp_path / "agentic-rl-test.env-token").stat().st_mode & 0o777 == 0o600
+    assert token not in result.stdout + result.stderr + log.read_text()
+    again = launch(env, *FLAGS, *EXTRA)
+    assert again.returncode == 0 and (tmp_path / "agentic-rl-test.env-token").read_text() != token  # per run
     with tarfile.open(tmp_path / "agentic-rl-test.tar.gz") as tar:
         names = set(tar.getnames())
     assert {"launch_tpu.sh", "requirements.txt", "agentic/transport/queue.py"} <= names
@@ -135,6 +152,7 @@ def test_env_hosts_zero_creates_no_cpu_vms(fake_gcloud):
     train = option(commands[-1], "--command")
     assert "--config=experiments/configs/search_r1.py:qwen2_5_3b_tpu" in train
     assert "env.hosts" not in train and "sglang" not in train
+    assert "env_token" not in result.stdout and "AGENTIC_ENV_TOKEN" not in result.stdout  # local hosts: loopback
 
 
 @pytest.mark.parametrize(
