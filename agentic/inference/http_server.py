@@ -76,11 +76,12 @@ class SGLangServer:
       engine: the engine (its tokenizer serves `text` inputs and output text).
       model_path: reported by /get_model_info.
       load_params: loads new weights for /update_weights_from_disk.
-      context_length: reported, and prompts at least this long get HTTP 400.
+      server_info: extra /get_server_info entries.
+      weight_version: the initial weight version label (default: the engine's integer).
     """
 
     def __init__(self, engine: JaxEngine, *, model_path: str = "", load_params: ParamsLoader | None = None,
-                 server_info: dict | None = None):
+                 server_info: dict | None = None, weight_version: str | None = None):
         self.engine = engine
         self.model_path = model_path
         self.load_params = load_params
@@ -90,6 +91,8 @@ class SGLangServer:
         self._resumed.set()
         self._inflight: dict[str, _InFlight] = {}
         self._labels: dict[int, str] = {}  # engine version -> the label /update_weights_from_disk was given
+        if weight_version is not None:
+            self._labels[engine.weight_version] = str(weight_version)
         self.app = web.Application(client_max_size=256 * 1024 * 1024)
         r = self.app.router
         r.add_route("POST", "/generate", self.generate)

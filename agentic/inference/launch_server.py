@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tp-size", "--tensor-parallel-size", type=int, default=1,
                    help="devices per model replica (ignored with a warning when fewer devices exist)")
     p.add_argument("--random-seed", type=int, default=0)
-    p.add_argument("--weight-version", default="0", help="initial weight version (an integer here)")
+    p.add_argument("--weight-version", default="0",
+                   help="initial weight version label (any string, as SGLang's; integers are also the engine's)")
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--warmup", action="store_true",
                    help="compile every bucketed prefill and decode shape before serving (slower start, "
@@ -71,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     ec = EngineConfig(num_slots=args.max_running_requests, max_len=args.context_length,
                       prefill_chunk=min(args.chunked_prefill_size, args.context_length),
                       max_prefill_batch=args.max_prefill_batch, tp_size=tp, seed=args.random_seed)
-    core = EngineCore(config, params, tokenizer, ec, devices=jax.devices()[:tp], weight_version=int(args.weight_version))
+    version = int(args.weight_version) if args.weight_version.lstrip("-").isdigit() else 0
+    core = EngineCore(config, params, tokenizer, ec, devices=jax.devices()[:tp], weight_version=version)
     if args.warmup:
         t = time.perf_counter()
         n = core.warmup()
@@ -82,10 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         return models.load_model(path, dtype=dtype)[1]
 
     server = SGLangServer(engine, model_path=args.served_model_name or args.model_path, load_params=load_params,
-                          server_info={"tp_size": tp, "dtype": dtype or config.dtype})
+                          server_info={"tp_size": tp, "dtype": dtype or config.dtype},
+                          weight_version=args.weight_version)
     async def serve():
         runner = await start_server(server, args.host, args.port)
-        log.info("serving %s on http://%s:%d (SGLang native API). The server is fired up and ready to roll!",
+        log.info("serving %s on http://%s:%d (SGLang native API, OpenAI API under /v1). "
+                 "The server is fired up and ready to roll!",
                  args.model_path, args.host, args.port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -59,7 +59,8 @@ def test_launch_server_command_line():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentic.inference.launch_server", "--model-path", "tiny", "--port", str(port),
-         "--context-length", "64", "--max-running-requests", "2", "--mem-fraction-static", "0.8", "--warmup"],
+         "--context-length", "64", "--max-running-requests", "2", "--mem-fraction-static", "0.8", "--warmup",
+         "--weight-version", "base"],
         cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -81,7 +82,9 @@ def test_launch_server_command_line():
         assert len(out["output_ids"]) == out["meta_info"]["completion_tokens"] >= 1
         assert len(out["meta_info"]["output_token_logprobs"]) == len(out["output_ids"])
         info = json.loads(_get(f"http://127.0.0.1:{port}/get_model_info")[1])
-        assert info["model_path"] == "tiny" and info["weight_version"] == "0"
+        assert info["model_path"] == "tiny" and info["weight_version"] == "base"  # a string label, as SGLang's
+        models = json.loads(_get(f"http://127.0.0.1:{port}/v1/models")[1])
+        assert models["data"][0]["id"] == "tiny" and models["data"][0]["max_model_len"] == 64
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
