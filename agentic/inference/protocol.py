@@ -34,10 +34,14 @@ class SamplingParams:
         is kept in the output tokens (the env sees its own closing tag).
       stop_token_ids: token ids that end the completion (EOS is added by the
         backend from the tokenizer); the stop token is kept in the output.
-      seed: per-request sampling seed; None draws one.
+      seed: per-request sampling seed; None draws one. The embedded engine and
+        our server always use it; real SGLang only when started with
+        `--enable-deterministic-inference` (sent as `sampling_seed`; SGLangClient
+        warns when a server says it ignores seeds, or raises with require_seeds).
       ignore_eos: do not stop at the tokenizer's EOS (SGLang's `ignore_eos`;
-        explicit `stop_token_ids` still stop). Benchmarks use it to generate
-        exactly max_new_tokens.
+        explicit `stop_token_ids` still stop: real SGLang skips them under
+        ignore_eos, so SGLangClient cuts the output at the first one). Benchmarks
+        use it to generate exactly max_new_tokens.
     """
 
     max_new_tokens: int = 128
@@ -91,7 +95,9 @@ class Completion:
       token_ids: generated token ids (including a matched stop token).
       logprobs: one behavior log-prob per generated token (see module doc).
       finish_reason: "stop" (a stop string or stop/EOS token matched),
-        "length" (max_new_tokens) or "abort" (server shut down, error).
+        "length" (max_new_tokens) or "abort" (server shut down, error). An
+        aborted completion is partial: never train on it as a normal turn
+        (SGLangClient retries aborts, then raises `GenerationAborted`).
       matched: the stop string or stop token id that matched, if any.
       weight_version: version of the weights being served when the completion
         finished (what SGLang's meta_info.weight_version reports). Weights are
