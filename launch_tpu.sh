@@ -28,7 +28,8 @@ Options:
   --workdir DIR             required: checkpoints, TensorBoard events and plots; a gs:// path
                             every TPU worker can write; rerunning with it resumes
   --env-hosts N             CPU VMs running env hosts (default: $ENV_HOSTS; 0: the program starts
-                            env hosts on the TPU workers itself)
+                            env hosts on the TPU workers itself); they listen on 0.0.0.0 and
+                            require a token generated for each run (never printed)
   --env-machine-type TYPE   machine type of the env host VMs (default: $ENV_MACHINE_TYPE)
   --env-workers N           env worker processes per env host (default: $ENV_WORKERS)
   --env-port PORT           env host gRPC port (default: $ENV_PORT)

@@ -78,7 +78,6 @@ from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc
 from agentic.env.protocol import Observation, Step
 
-
 # The metric `close()` returns for a session that ended without its metrics (its env's are gone).
 SESSION_LOST_METRIC = "session_lost"
 

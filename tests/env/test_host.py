@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import json
 import os
 import signal
 import time
@@ -392,7 +393,7 @@ def test_huge_client_strings_get_the_right_code_and_a_bounded_message(host):
         cases = [
             ("Open", pb.OpenRequest(env=big), code.INVALID_ARGUMENT),
             ("Open", pb.OpenRequest(env="echo", task_json=big), code.INVALID_ARGUMENT),
-            ("Open", pb.OpenRequest(env="echo", env_kwargs_json='{"%s": 1}' % big), code.INVALID_ARGUMENT),
+            ("Open", pb.OpenRequest(env="echo", env_kwargs_json=json.dumps({big: 1})), code.INVALID_ARGUMENT),
             ("Step", pb.StepRequest(session_id=big, action=b"a"), code.NOT_FOUND),
             ("Step", pb.StepRequest(session_id=other_instance, action=big.encode()), code.NOT_FOUND),
             ("Step", pb.StepRequest(session_id=big, action=b""), code.INVALID_ARGUMENT),
