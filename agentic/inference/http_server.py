@@ -42,7 +42,7 @@ from aiohttp import web
 
 from agentic.inference.engine import JaxEngine
 from agentic.inference.protocol import Completion, GenerateRequest, GeneratorError, SamplingParams
-from agentic.inference.sglang_api import ApiError, OutputOptions, generate_response, parse_generate
+from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ ParamsLoader = Callable[[str], Any]
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
-    body = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "ServiceUnavailable",
+    body = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "InternalServerError",
                       "param": field, "code": status}}
     return web.json_response(body, status=status)
 
@@ -181,8 +181,8 @@ class SGLangServer:
         todo = [i for i, o in enumerate(parsed.options) if not o.prefill_only]
         try:
             done = await self.run([parsed.requests[i] for i in todo], [rids[i] for i in todo])
-        except GeneratorError as e:
-            return _error(503, str(e))
+        except GeneratorError as e:  # engine closed or crashed: 500, so clients route around it
+            return _error(500, str(e))  # (a 503 means "overloaded, retry" to SGLang clients)
         completions = {i: c for i, c in zip(todo, done, strict=True)}
         latency = time.perf_counter() - t0
         outs = []

@@ -164,7 +164,7 @@ class OpenAIRoutes:
         except ApiError as e:
             return _err(e)
         except GeneratorError as e:
-            return _err(ApiError("engine", str(e)), 503)
+            return _err(ApiError("engine", str(e)), 500)
         text = self._text(c, body)
         logprobs = None
         if lp is not None:
@@ -218,7 +218,7 @@ class OpenAIRoutes:
         except ApiError as e:
             return _err(e)
         except GeneratorError as e:
-            return _err(ApiError("engine", str(e)), 503)
+            return _err(ApiError("engine", str(e)), 500)
         logprobs = None
         if want_lp:
             logprobs = {"content": [

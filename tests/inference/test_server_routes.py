@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import aiohttp
 import openai
+import pytest
 
-from agentic.inference.protocol import GenerateRequest, SamplingParams
+from agentic.inference.protocol import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_client import SGLangClient
 from tests.inference.conftest import EOS
 from tests.inference.test_server_client import serving
@@ -160,3 +162,21 @@ async def _lp(url: str, ids: list[int], n: int) -> list[float]:
         _, data = await _post(http, url + "/generate", {"input_ids": ids, "return_logprob": True,
                                                          "sampling_params": {"max_new_tokens": n, "temperature": 0}})
     return [t[0] for t in data["meta_info"]["output_token_logprobs"]][:n]
+
+
+def test_closed_engine_is_a_failed_server_not_an_overloaded_one(fresh_core):
+    """503 means "queue full, retry" to SGLang clients; a closed engine answers 500 and fails fast."""
+
+    async def main():
+        async with serving(fresh_core) as (engine, urls, _):
+            await engine.close()
+            client = SGLangClient(urls, overload_budget_s=60)
+            try:
+                t = time.monotonic()
+                with pytest.raises(GeneratorError, match="HTTP 500.*engine is closed"):
+                    await client.generate_one(GenerateRequest(prompt_ids=[1, 2], params=SamplingParams(max_new_tokens=4)))
+                assert time.monotonic() - t < 5 and client.stats["overloaded"] == 0
+            finally:
+                await client.close()
+
+    asyncio.run(main())
