@@ -79,6 +79,7 @@ class _Server:
     has_update_route: bool | None = None
     seeds_honored: bool | None = None
     warned_seeds: bool = False
+    context_length: int | None = None
 
     def up(self, now: float) -> bool:
         return now >= self.down_until
@@ -230,7 +231,7 @@ class SGLangClient(Generator):
             if server is None:
                 raise GeneratorError("no SGLang server could serve the request: " + "; ".join(errors))
             self._check_seed(server, req)
-            body = request_body(req, rid=uuid.uuid4().hex)
+            body = request_body(self._fit(server, req), rid=uuid.uuid4().hex)
             server.outstanding += 1
             try:
                 status, data = await self._post(server, "/generate", body)
@@ -333,6 +334,18 @@ class SGLangClient(Generator):
         # SGLang's sampler uses sampling_seed only with --enable-deterministic-inference;
         # our server always does and says so with "sampling_seed_honored".
         s.seeds_honored = bool(s.info.get("sampling_seed_honored", s.info.get("enable_deterministic_inference")))
+        ctx = s.info.get("context_length")
+        s.context_length = ctx if isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 1 else None
+
+    @staticmethod
+    def _fit(s: _Server, req: GenerateRequest) -> GenerateRequest:
+        """SGLang answers 400 when prompt + max_new_tokens >= its context length
+        (`TokenizerManager._validate_one_request`); the embedded engine just stops
+        there with "length". Clamp to what fits, so both backends behave alike."""
+        room = (s.context_length or 0) - len(req.prompt_ids) - 1
+        if s.context_length is None or req.params.max_new_tokens <= room or room < 1:
+            return req
+        return dataclasses.replace(req, params=dataclasses.replace(req.params, max_new_tokens=room))
 
     def _check_seed(self, s: _Server, req: GenerateRequest) -> None:
         if req.params.seed is None or s.seeds_honored is not False or req.params.temperature == 0:

@@ -180,3 +180,20 @@ def test_closed_engine_is_a_failed_server_not_an_overloaded_one(fresh_core):
                 await client.close()
 
     asyncio.run(main())
+
+
+def test_client_fits_max_new_tokens_into_the_context(fresh_core):
+    """prompt + max_new_tokens == context: SGLang (and our server) answer 400; the client clamps,
+    so a turn at the end of the token budget ends with "length", as on the embedded engine."""
+
+    async def main():
+        async with serving(fresh_core) as (_, urls, _):
+            client = SGLangClient(urls)
+            try:
+                c = await client.generate_one(GenerateRequest(prompt_ids=[1] * 120, params=SamplingParams(
+                    max_new_tokens=8, temperature=0, ignore_eos=True)))
+                assert c.finish_reason == "length" and len(c.token_ids) == 7  # context 128
+            finally:
+                await client.close()
+
+    asyncio.run(main())
