@@ -20,8 +20,10 @@ passages are cut and the wrapper kept, so tags stay balanced.
 
 Reward (on the last step): exact match of the answer after SQuAD normalization against any gold
 answer (`reward="em"`), or Search-R1 v0.3's format-aware score (`reward="em_format"`). Answers are
-extracted from the model's actions only; the prompt's example `<answer> Beijing </answer>` never
-counts.
+taken from the model's actions only: the two `<answer>` pairs of the prompt ("inside <answer> and
+</answer>", "<answer> Beijing </answer>") and the one of the invalid-action message never count,
+and an episode without a model answer scores 0. Search-R1 extracts from prompt + response instead
+and scores such an episode on "Beijing" or "and" (see `envs/search/rewards.py`).
 """
 
 from __future__ import annotations

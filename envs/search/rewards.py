@@ -4,10 +4,22 @@ Normalization is the SQuAD one Search-R1 uses: lowercase, drop ASCII punctuation
 articles a/an/the, collapse whitespace. Non-ASCII characters are kept as they are (so "Zürich"
 matches "zürich" but not "Zurich"), exactly as in Search-R1's `normalize_answer`.
 
-Extraction differs from Search-R1's on purpose in one place: Search-R1 scores the decoded
-prompt + response and therefore takes the *last* `<answer>` only when there are at least two
-(the prompt's example `<answer> Beijing </answer>` is the first). Here extraction only ever sees
-the model's own text, so one `<answer>` is enough and the prompt's example can never count.
+Extraction differs from Search-R1's on purpose. Search-R1's `extract_solution` (qa_em.py and
+qa_em_format.py) runs `<answer>(.*?)</answer>` over the decoded prompt + response and returns
+the last match, or None when there are fewer than two. Its prompt already holds two pairs: the
+instruction "the answer inside <answer> and </answer>" and the example "<answer> Beijing
+</answer>"; each invalid-action message in the response adds one more ("between <answer> and
+</answer>"). So its extraction is never None, and an episode in which the model never answers
+is scored on "Beijing" (no invalid action) or on "and" (after an invalid action): qa_em gives 1
+if a gold answer normalizes to "beijing" (or "and"), else 0; qa_em_format (v0.3) sees no final
+`</answer>` of the model's, so the sequence is malformed, and gives `final_format_score` (0.1 in
+the v0.3 scripts), or `score - structure_format_score` (0.8) on that EM hit. Its `answer is None`
+branches are never reached.
+
+Here the answer comes from the model's own text only (`parse_action` on each turn; give
+`extract_answer` model text only, never the prompt or observations), so one `<answer>` is enough
+and neither the prompt's pairs nor the env's messages can count: an episode without a model
+answer gets EM 0 and format reward 0 (Search-R1's rule for no answer and a malformed sequence).
 """
 
 from __future__ import annotations
@@ -60,7 +72,11 @@ def parse_action(text: str) -> tuple[str | None, str]:
 
 
 def extract_answer(response: str) -> str | None:
-    """The last `<answer>…</answer>` of a response (model text + observations, no prompt), stripped."""
+    """The last `<answer>…</answer>` of the model's own text, stripped (None if there is none).
+
+    Pass model text only: the prompt has two `<answer>` pairs and the invalid-action
+    observation one (see the module docstring).
+    """
     matches = _ANSWER.findall(response)
     return matches[-1].strip() if matches else None
 
