@@ -53,7 +53,9 @@ def group_stats(rewards, group, valid):
     """Per-row group mean, unbiased group std and group size.
 
     Returns (mean [N], std [N], count [N]) looked up at each row's group. The std
-    uses n - 1 (like torch.std in verl / TRL); a group of one has std 0.
+    uses n - 1 (torch.std, as verl and TRL). A group of one gets mean 0 and std 1, as in
+    verl's compute_grpo_outcome_advantage / compute_rloo_outcome_advantage: its
+    advantage is then its own reward (no baseline to compare it with).
     """
     n = rewards.shape[0]
     v = valid.astype(jnp.float32)
@@ -62,7 +64,8 @@ def group_stats(rewards, group, valid):
     mean = total / jnp.maximum(count, 1.0)
     dev = (rewards - mean[group]) * v
     var = jax.ops.segment_sum(dev * dev, group, num_segments=n) / jnp.maximum(count - 1.0, 1.0)
-    return mean[group], jnp.sqrt(var)[group], count[group]
+    alone = count == 1
+    return jnp.where(alone, 0.0, mean)[group], jnp.where(alone, 1.0, jnp.sqrt(var))[group], count[group]
 
 
 def _broadcast(seq_adv, inputs: AdvantageInputs):
@@ -71,7 +74,10 @@ def _broadcast(seq_adv, inputs: AdvantageInputs):
 
 @ESTIMATORS.register("grpo")
 def grpo(inputs: AdvantageInputs, *, eps: float = 1e-6, **_):
-    """GRPO (Shao et al. 2024): A_i = (r_i - mean_g) / (std_g + eps) on every model token."""
+    """GRPO (Shao et al. 2024): A_i = (r_i - mean_g) / (std_g + eps) on every model token.
+
+    A group of one has mean 0 and std 1 (verl): A = r / (1 + eps).
+    """
     mean, std, _ = group_stats(inputs.rewards, inputs.group, inputs.valid)
     den = std + eps
     return _broadcast(jnp.where(den > 0, (inputs.rewards - mean) / jnp.where(den > 0, den, 1.0), 0.0), inputs), None
@@ -91,10 +97,10 @@ def dr_grpo(inputs: AdvantageInputs, **_):
 def rloo(inputs: AdvantageInputs, **_):
     """RLOO (Ahmadian et al. 2024): A_i = r_i - mean_{j != i} r_j = n/(n-1) (r_i - mean_g).
 
-    A group of one has no baseline and gets advantage 0.
+    A group of one has no baseline: its advantage is its reward (as verl's).
     """
     mean, _, count = group_stats(inputs.rewards, inputs.group, inputs.valid)
-    scale = jnp.where(count > 1, count / jnp.maximum(count - 1.0, 1.0), 0.0)
+    scale = jnp.where(count > 1, count / jnp.maximum(count - 1.0, 1.0), 1.0)
     return _broadcast((inputs.rewards - mean) * scale, inputs), None
 
 
@@ -128,10 +134,14 @@ def gae(token_rewards, values, mask, *, gamma: float, lam: float):
 
 
 def masked_whiten(x, mask, eps: float = 1e-8):
-    """(x - mean) / std over masked entries (population std); zero where mask is 0."""
-    n = jnp.maximum(mask.sum(), 1.0)
-    mean = (x * mask).sum() / n
-    var = (((x - mean) * mask) ** 2).sum() / n
+    """(x - mean) / sqrt(var + eps) over masked entries; zero where mask is 0.
+
+    var is the unbiased (Bessel-corrected, n - 1) variance, as verl's masked_whiten /
+    masked_var(unbiased=True). A single masked entry (where verl raises) whitens to 0.
+    """
+    n = mask.sum()
+    mean = (x * mask).sum() / jnp.maximum(n, 1.0)
+    var = (((x - mean) * mask) ** 2).sum() / jnp.maximum(n - 1.0, 1.0)
     return (x - mean) * jax.lax.rsqrt(var + eps) * mask
 
 

@@ -70,7 +70,7 @@ class LearnerConfig:
       clip_eps_low, clip_eps_high: PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher
         when high > low). dual_clip: cap of the loss at -dual_clip * A for A < 0 (None: off).
       kl_coef: weight of KL(pi || pi_ref); 0 creates no reference model.
-      kl_estimator: "k1", "k2", "k3" / "low_var_kl".
+      kl_estimator: "k1", "k2", "k3" / "low_var_kl", "abs" (verl's |logp - ref|).
       kl_mode: "loss" (a loss term) or "reward" (subtracted from the rewards before advantages).
       entropy_coef: entropy bonus weight.
       loss_agg_mode: see losses.py. loss_agg_norm: the constant of "seq-mean-token-sum-norm"

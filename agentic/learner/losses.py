@@ -12,8 +12,10 @@ Loss aggregation modes (`loss_agg_mode`), for per-token losses l[i, t], mask m[i
   token-mean                 sum_it l m / sum_it m
   seq-mean-token-mean        (1/N) sum_i (sum_t l m / sum_t m)        (GRPO paper)
   seq-mean-token-sum         (1/N) sum_i sum_t l m
-  seq-mean-token-sum-norm    (1/N) sum_i sum_t l m / norm            (Dr. GRPO; norm = max length)
-with N the number of sequences that have at least one model token.
+  seq-mean-token-sum-norm    sum_i sum_t l m / norm                  (Dr. GRPO; norm = max length)
+with N the number of sequences that have at least one model token. "seq-mean-token-sum-norm"
+is verl's agg_loss: the summed sequence losses divided by the constant `norm` (verl's
+loss_scale_factor, default the response length) only, not by N as well.
 
 Policy losses are registered by name in `POLICY_LOSSES`:
   "ppo_clip"  -A * clip(ratio), token-level, asymmetric eps (low, high), optional dual clip
@@ -30,7 +32,7 @@ import numpy as np
 from agentic.learner.registry import Registry
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl")
+KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl", "abs")
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -53,7 +55,7 @@ def seq_scale(mode: str, seq_tokens, *, num_tokens, num_seqs, norm: float | None
     if mode == "seq-mean-token-sum-norm":
         if not norm:
             raise ValueError("loss_agg_mode 'seq-mean-token-sum-norm' needs a norm (the max response length)")
-        return xp.ones_like(seq_tokens, dtype=xp.float32) / (num_seqs * norm)
+        return xp.ones_like(seq_tokens, dtype=xp.float32) / norm
     raise ValueError(f"unknown loss_agg_mode {mode!r}; choose from {LOSS_AGG_MODES}")
 
 
@@ -118,14 +120,17 @@ def importance_weights(proximal_logp, behavior_logp, cap: float | None):
 
 
 def kl_penalty(logp, ref_logp, kind: str):
-    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3).
+    """Per-token estimate of KL(pi || pi_ref) from samples of pi (Schulman's k1/k2/k3, verl's abs).
 
-    k1 = logp - ref; k2 = (logp - ref)^2 / 2; k3 = low_var_kl = exp(ref - logp) - (ref - logp) - 1,
-    with the log-ratio clamped to [-20, 20] and k3 to [-10, 10] (as verl does).
+    k1 = logp - ref; abs = |logp - ref|; k2 = (logp - ref)^2 / 2;
+    k3 = low_var_kl = exp(ref - logp) - (ref - logp) - 1, with the log-ratio clamped to
+    [-20, 20] and k3 to [-10, 10] (as verl does).
     """
     d = logp - ref_logp
     if kind == "k1":
         return d
+    if kind == "abs":
+        return jnp.abs(d)
     if kind == "k2":
         return 0.5 * d * d
     if kind in ("k3", "low_var_kl"):

@@ -28,8 +28,11 @@ def test_grpo_normalizes_by_group_mean_and_unbiased_std():
     a = 0.5 / math.sqrt(1 / 3)
     np.testing.assert_allclose(adv[:4, 1], [a, -a, -a, a], rtol=1e-6)
     # group 1: both rewards equal the mean -> 0 (std 0: no 0/0 NaN even with eps 0)
-    # group 2: a lone trajectory -> r - mean = 0.  Padding row -> 0.
-    np.testing.assert_array_equal(adv[4:, 1], [0, 0, 0, 0])
+    # group 2: a lone trajectory. verl's compute_grpo_outcome_advantage gives a group of one
+    # mean 0 and std 1, so A = (5 - 0) / (1 + eps) = 5.  Padding row -> 0.
+    np.testing.assert_array_equal(adv[4:, 1], [0, 0, 5, 0])
+    adv, _ = A.ESTIMATORS.get("grpo")(_outcome_inputs(), eps=1e-6)
+    assert adv[6, 1] == pytest.approx(5 / (1 + 1e-6), rel=1e-7)
     # only model tokens carry the advantage
     np.testing.assert_allclose(adv[:4, 0], 0)
     np.testing.assert_allclose(adv[:4, 2], adv[:4, 1])
@@ -40,11 +43,14 @@ def test_dr_grpo_and_rloo():
     adv, _ = A.ESTIMATORS.get("dr_grpo")(inputs)
     # r - group mean: group 0 mean 0.5 -> 0.5, -0.5, -0.5, 0.5; group 1 mean 2 -> 0, 0
     np.testing.assert_allclose(adv[:6, 1], [0.5, -0.5, -0.5, 0.5, 0, 0])
+    # lone trajectory: verl's GRPO with norm_adv_by_std_in_grpo=False, mean 0 -> A = 5 - 0
+    assert adv[6, 1] == 5
     adv, _ = A.ESTIMATORS.get("rloo")(inputs)
     # leave-one-out baseline: row 0: r=1, others (0, 0, 1) mean 1/3 -> 2/3; row 1: r=0, others (1, 0, 1) -> -2/3
     np.testing.assert_allclose(adv[:4, 1], [2 / 3, -2 / 3, -2 / 3, 2 / 3], rtol=1e-6)
-    # lone trajectory (row 6) has no baseline -> 0; padding row 7 -> 0
-    np.testing.assert_allclose(adv[6:, 1], [0, 0])
+    # lone trajectory (row 6): verl's compute_rloo_outcome_advantage leaves the score of a
+    # group of one unchanged (mean 0, no n/(n-1) rescaling) -> 5; padding row 7 -> 0
+    np.testing.assert_allclose(adv[6:, 1], [5, 0])
 
 
 def test_gae_skips_environment_tokens():
@@ -63,9 +69,22 @@ def test_gae_skips_environment_tokens():
     inputs = A.AdvantageInputs(mask=mask, rewards=jnp.zeros(1), group=jnp.zeros(1, jnp.int32),
                                valid=jnp.ones(1, bool), token_rewards=r, values=v)
     w, ret2 = A.ESTIMATORS.get("ppo")(inputs, gamma=0.9, lam=0.8)
-    model = np.asarray(w[0])[[1, 2, 4]]
-    assert abs(model.mean()) < 1e-5 and abs(model.std() - 1) < 1e-3
+    # verl's masked_whiten: (a - mean) * rsqrt(var + 1e-8), var = masked_var(unbiased=True), i.e. the
+    # mean of squared deviations times the Bessel correction n / (n - 1), over the 3 model tokens
+    a = np.array([0.57712, 0.746, 0.3])
+    mean = a.sum() / 3
+    var = ((a - mean) ** 2).sum() / 3 * (3 / (3 - 1))
+    np.testing.assert_allclose(np.asarray(w[0])[[1, 2, 4]], (a - mean) / np.sqrt(var + 1e-8), rtol=1e-4)
+    np.testing.assert_array_equal(np.asarray(w[0])[[0, 3]], 0)
     np.testing.assert_allclose(ret2, ret)
+
+
+def test_masked_whiten_is_verls_unbiased():
+    x = jnp.array([[1.0, 2.0, 3.0, 50.0]])
+    mask = jnp.array([[1.0, 1.0, 1.0, 0.0]])
+    # mean 2; squared deviations 1, 0, 1 -> mean 2/3, times Bessel 3/2 -> var 1: whitened -1, 0, 1
+    # (the population variance 2/3 would give +-1.2247)
+    np.testing.assert_allclose(A.masked_whiten(x, mask), [[-1, 0, 1, 0]], atol=1e-6)
 
 
 def test_ppo_clip_and_dual_clip():
@@ -98,6 +117,10 @@ def test_kl_estimators_importance_weights_value_loss():
     # k3 = exp(ref - logp) - (ref - logp) - 1 = 0.5 + 0.693147 - 1 = 0.193147
     assert losses.kl_penalty(logp, ref, "low_var_kl") == pytest.approx(0.5 + d - 1, rel=1e-6)
     assert losses.kl_penalty(logp, ref, "k3") == losses.kl_penalty(logp, ref, "low_var_kl")
+    # verl's kl_penalty(..., "abs") = |logp - ref|, whichever side is larger
+    assert losses.kl_penalty(logp, ref, "abs") == pytest.approx(d)
+    assert losses.kl_penalty(ref, logp, "abs") == pytest.approx(d)
+    assert "abs" in losses.KL_ESTIMATORS
     with pytest.raises(ValueError, match="KL estimator"):
         losses.kl_penalty(logp, ref, "k4")
     # pi_prox / pi_behavior = 0.3 / 0.1 = 3, truncated at 2 (TIS); untruncated 3 (decoupled)
@@ -115,7 +138,8 @@ def test_loss_aggregation_modes():
     assert agg("token-mean") == pytest.approx((1 + 2 + 3) / 3)  # 2
     assert agg("seq-mean-token-mean") == pytest.approx(((1 + 2) / 2 + 3 / 1) / 2)  # 2.25
     assert agg("seq-mean-token-sum") == pytest.approx(((1 + 2) + 3) / 2)  # 3
-    assert agg("seq-mean-token-sum-norm", 4) == pytest.approx(((1 + 2) + 3) / (2 * 4))  # 0.75
+    # verl's agg_loss: torch.sum(seq_losses) / loss_scale_factor, no division by the sequence count
+    assert agg("seq-mean-token-sum-norm", 4) == pytest.approx(((1 + 2) + 3) / 4)  # 1.5
     with pytest.raises(ValueError, match="loss_agg_mode"):
         agg("sum")
 
@@ -141,6 +165,9 @@ def test_episodes_shift_to_prediction_positions():
     w, mw = batching.loss_weights(ep, "seq-mean-token-sum")
     np.testing.assert_allclose(w[0], [0, 0.5, 0.5, 0])  # 1 / num_seqs = 1/2
     np.testing.assert_allclose(mw[1], [0.25, 0.25, 0, 0])
+    # the batcher's weights for "seq-mean-token-sum-norm" are 1 / loss_scale_factor per model token
+    w, _ = batching.loss_weights(ep, "seq-mean-token-sum-norm", norm=8)
+    np.testing.assert_allclose(w, ep.mask / 8)
 
 
 def test_pack_plan_round_trips_and_buckets_shapes():
