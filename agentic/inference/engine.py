@@ -23,6 +23,12 @@ Design (one scheduler step = admit, prefill, one decode step):
   and prefills only the tokens after the longest common prefix
   (`Completion.cached_tokens` reports how many were reused). Idle slots without
   a session are matched by content; slots are evicted least recently used.
+* **Prefix sharing across sessions.** A request whose prompt shares at least
+  `share_prefix_min` leading tokens with what another slot holds (any session,
+  running or idle), or with the prompt of a request admitted in the same step
+  (the samples of a GRPO group, the common instruction of every task), gets
+  those KV rows copied slot to slot on device and prefills only the rest: a
+  shared prefix is prefilled once, not once per episode.
 * **Weight swap.** `update_params(params, version)` places the new params on
   the engine's devices with the same shardings and dtypes (so nothing
   recompiles) and swaps them in between two decode steps.
@@ -80,6 +86,8 @@ class EngineConfig:
       tp_size: devices per model replica ("model" mesh axis); the rest of
         `devices` split the slots ("data" axis).
       seed: draws the seeds of requests that do not set one.
+      share_prefix_min: shortest common prefix worth copying from another slot
+        (a copy of KV rows instead of prefilling them); 0 disables sharing.
     """
 
     num_slots: int = 16
@@ -92,8 +100,11 @@ class EngineConfig:
     cache_dtype: str | None = None
     tp_size: int = 1
     seed: int = 0
+    share_prefix_min: int = 16
 
     def __post_init__(self):
+        if self.share_prefix_min < 0:
+            raise ValueError(f"share_prefix_min must be >= 0, got {self.share_prefix_min}")
         for f in ("num_slots", "max_len", "prefill_chunk", "max_prefill_batch", "min_prefill_bucket",
                   "min_decode_kv", "tp_size"):
             if int(getattr(self, f)) < 1:
@@ -162,6 +173,8 @@ class _Request:
     todo: np.ndarray | None = None  # prompt tokens still to prefill
     pos: int = 0  # next cache index to write
     pending: int = -1  # sampled token not yet in the cache
+    share_from: tuple[int, int] | None = None  # (source slot, rows) to copy before prefilling
+    share_after: _Request | None = None  # the source is this request's prompt, prefilled this step
     out: list = dataclasses.field(default_factory=list)
     lps: list = dataclasses.field(default_factory=list)
 
@@ -255,6 +268,11 @@ class EngineCore:
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
+        def copy_slot(cache, src, dst):
+            counts["copy_slot"] += 1
+            return jax.tree.map(lambda c: c.at[:, dst].set(c[:, src]), cache)
+
+        self._copy_slot = jax.jit(copy_slot, donate_argnums=(0,), out_shardings=cs)
         self._prefill = jax.jit(prefill, donate_argnums=(1,), out_shardings=(cs, rep, rep))
         self._decode = jax.jit(decode, donate_argnums=(1,), out_shardings=(cs, rep, rep),
                                static_argnames=("kv_len",))
@@ -302,6 +320,8 @@ class EngineCore:
                 self.cache, tok, _ = self._prefill(
                     self.params, self.cache, np.arange(rows, dtype=np.int32), np.zeros((rows, t), np.int32),
                     np.full((rows, t), -1, np.int32), np.zeros(rows, np.int32), *samp)
+        if self.ec.share_prefix_min:  # slot 0 onto itself: a no-op that compiles the copy
+            self.cache = self._copy_slot(self.cache, np.int32(0), np.int32(0))
         n = self.ec.num_slots
         samp = self._sampling_arrays([None] * n, n)
         for kv_len in self.kv_buckets:
@@ -426,9 +446,48 @@ class EngineCore:
             s.running, s.session = r, r.req.session_id
             s.tokens = r.prompt[:cached].copy()
             r.slot, r.cached, r.pos, r.todo = i, cached, cached, r.prompt[cached:]
-            self.stats["cached_tokens"] += cached
+            self._plan_share(r, admitted)
             admitted.append(r)
         return admitted
+
+    def _plan_share(self, r: _Request, admitted: list[_Request]) -> None:
+        """Picks the longest prefix of r's prompt held by another slot or an earlier admission."""
+        if not self.ec.share_prefix_min:
+            return
+        limit = len(r.prompt) - 1
+        best, source = r.cached + self.ec.share_prefix_min - 1, None
+        for j, s in enumerate(self.slots):
+            if j != r.slot and len(s.tokens) > best:
+                n = min(_lcp(s.tokens, r.prompt), limit)
+                if n > best:
+                    best, source = n, (j, n)
+        for leader in admitted:
+            if len(leader.prompt) > best:
+                n = min(_lcp(leader.prompt, r.prompt), limit)
+                if n > best:
+                    best, source = n, leader
+        if isinstance(source, _Request):
+            r.share_after = source
+        elif source is not None:
+            r.share_from = source
+
+    def _copy_shared(self, r: _Request) -> None:
+        """Copies r's planned shared prefix into its slot on device (before r is prefilled)."""
+        if r.share_after is not None:
+            src = r.share_after.slot
+            n = min(_lcp(self.slots[src].tokens, r.prompt), len(r.prompt) - 1)
+        elif r.share_from is not None:
+            src, n = r.share_from
+        else:
+            return
+        r.share_from = r.share_after = None
+        if n <= r.cached:
+            return
+        self.cache = self._copy_slot(self.cache, np.int32(src), np.int32(r.slot))
+        self.stats["shared_tokens"] += n - r.cached
+        self.stats["shared_copies"] += 1
+        self.slots[r.slot].tokens = r.prompt[:n].copy()
+        r.cached, r.pos, r.todo = n, n, r.prompt[n:]
 
     def _sampling_arrays(self, reqs: Sequence[_Request | None], n: int):
         temp = np.zeros(n, np.float32)
@@ -445,6 +504,29 @@ class EngineCore:
         return temp, top_k, top_p, seeds, steps
 
     def _prefill_all(self, admitted: list[_Request]):
+        """Copies shared prefixes, then prefills what is left, in waves.
+
+        A request sharing the prompt of another admitted in the same step waits for that
+        one's prefill (the next wave); every other copy runs before any prefill writes.
+        """
+        wave = [r for r in admitted if r.share_after is None]
+        later = [r for r in admitted if r.share_after is not None]
+        finished: set[int] = set()
+        while wave:
+            for r in wave:
+                self._copy_shared(r)
+            for r in wave:
+                self.stats["cached_tokens"] += r.cached
+            self._prefill_rows(wave)
+            finished |= {id(r) for r in wave}
+            wave = [r for r in later if id(r.share_after) in finished]
+            later = [r for r in later if id(r.share_after) not in finished]
+            if later and not wave:  # cannot happen (leaders are admitted first); never strand a request
+                for r in later:
+                    r.share_after = None
+                wave, later = later, []
+
+    def _prefill_rows(self, admitted: list[_Request]):
         """Prefills the new tokens of admitted requests in bucketed batches (chunked)."""
         todo = [r for r in admitted if len(r.todo)]
         while todo:

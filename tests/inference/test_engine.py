@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import jax
 import numpy as np
@@ -145,6 +146,38 @@ def test_prefix_reuse_prefills_only_new_tokens(fresh_core, reference):
     assert core.stats["evictions"] >= 2
 
 
+def test_shared_prefix_is_prefilled_once_across_sessions_and_group_samples(fresh_core, reference):
+    """A common instruction, and a GRPO group's identical prompt, are prefilled once, not per episode."""
+    core = fresh_core
+    instruction = prompt_of(40, seed=11)
+    questions = [prompt_of(10, seed=20 + i) for i in range(4)]
+    # four sessions whose prompts share the instruction, submitted in one step
+    before = core.stats["prefill_tokens"]
+    outs = core.generate_sync([GenerateRequest(prompt_ids=instruction + q, params=GREEDY, session_id=f"task-{i}")
+                               for i, q in enumerate(questions)])
+    assert core.stats["prefill_tokens"] - before == len(instruction) + sum(len(q) for q in questions)
+    assert [c.cached_tokens for c in outs] == [0, 40, 40, 40]
+    for q, c in zip(questions, outs, strict=True):
+        assert list(c.token_ids) == reference.greedy(instruction + q, GREEDY.max_new_tokens, stop_ids={EOS})
+    for i in range(4):
+        core.release(f"task-{i}")
+    core.flush_cache()
+    core.step()
+    # a group: four samples of one prompt; every sample but the first prefills only its last token
+    prompt = instruction + questions[0]
+    before = core.stats["prefill_tokens"]
+    sampled = SamplingParams(max_new_tokens=6, temperature=1.0)
+    outs = core.generate_sync([GenerateRequest(prompt_ids=prompt, params=dataclasses.replace(sampled, seed=s),
+                                               session_id=f"g-e{s}") for s in range(4)])
+    assert core.stats["prefill_tokens"] - before == len(prompt) + 3
+    for c in outs:  # the copied KV rows score the samples exactly like a full-sequence forward
+        np.testing.assert_allclose(c.logprobs, reference.logprobs(prompt, c.token_ids), atol=2e-4)
+    # a later session reuses what any slot holds, running or idle
+    before = core.stats["prefill_tokens"]
+    [c] = core.generate_sync([GenerateRequest(prompt_ids=instruction + questions[3], params=GREEDY, session_id="x")])
+    assert c.cached_tokens == len(instruction) and core.stats["prefill_tokens"] - before == len(questions[3])
+
+
 def test_weight_update_changes_outputs_without_recompiling(fresh_core, reference, tiny):
     core = fresh_core
     config, params, _ = tiny
@@ -192,7 +225,7 @@ def test_warmup_compiles_every_shape_and_writes_nothing(tiny, reference):
     config, params, tok = tiny
     core = EngineCore(config, params, tok, ENGINE_CONFIG)
     n = core.warmup()
-    assert n == len(core.row_buckets) * len(core.len_buckets) + len(core.kv_buckets)
+    assert n == len(core.row_buckets) * len(core.len_buckets) + len(core.kv_buckets) + 1  # + the slot copy
     compiled = sum(core.compile_counts.values())
     prompts = [prompt_of(k, seed=k) for k in (3, 40, 17, 8, 30)]
     outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY) for p in prompts])
