@@ -147,6 +147,12 @@ class PackPlan:
     def shape(self) -> tuple[int, int, int]:
         return (self.num_micro, self.micro_batch, self.seq_len)
 
+    @property
+    def computed_positions(self) -> int:
+        """Positions of the micro-batches the train step runs (those holding any episode)."""
+        real = (self.segment_ids.reshape(self.num_micro, -1) != 0).any(-1)
+        return int(real.sum()) * self.micro_batch * self.seq_len
+
     def pack(self, x: np.ndarray, fill=0) -> np.ndarray:
         """Episode-layout [N, L] -> packed [num_micro, micro_batch, T]."""
         out = np.full((self.num_micro * self.micro_batch, self.seq_len), fill, dtype=x.dtype)

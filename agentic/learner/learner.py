@@ -82,6 +82,9 @@ class LearnerConfig:
       off_policy: "none", "tis" or "decoupled" (see train_step.py); tis_cap: TIS truncation.
       max_policy_lag: drop groups older than this many versions (None: keep all).
       micro_batch_size: packed rows per micro-batch (global; multiple of data * fsdp).
+      min_micro_batches: pad every update to at least this many micro-batches. Micro-batches
+        of padding only are skipped at run time, so this fixes the packed shape (one
+        compilation for a whole run whose batches fit) at no compute cost.
       num_minibatches: optimizer steps per update (the batch split by whole groups).
       seq_buckets: allowed packed row lengths (prediction positions); longer trajectories are cut.
       pack: several trajectories per row (else one per row).
@@ -128,6 +131,7 @@ class LearnerConfig:
     tis_cap: float = 2.0
     max_policy_lag: int | None = None
     micro_batch_size: int = 8
+    min_micro_batches: int = 1
     num_minibatches: int = 1
     seq_buckets: tuple[int, ...] = (256, 512, 1024, 2048, 4096)
     pack: bool = True
@@ -173,6 +177,7 @@ class LearnerConfig:
         check(self.tis_cap > 0, f"tis_cap must be > 0, got {self.tis_cap}")
         check(self.max_policy_lag is None or self.max_policy_lag >= 0, "max_policy_lag must be >= 0 or None")
         check(self.micro_batch_size >= 1, f"micro_batch_size must be >= 1, got {self.micro_batch_size}")
+        check(self.min_micro_batches >= 1, f"min_micro_batches must be >= 1, got {self.min_micro_batches}")
         check(self.num_minibatches >= 1, f"num_minibatches must be >= 1, got {self.num_minibatches}")
         check(len(self.seq_buckets) > 0 and self.seq_buckets[0] >= 1, "seq_buckets must be positive lengths")
         check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
@@ -343,7 +348,8 @@ class Learner:
 
     def _plan(self, lengths: np.ndarray) -> batching.PackPlan:
         c = self.config
-        plan = batching.plan_packing(lengths, seq_buckets=c.seq_buckets, micro_batch=self._local_micro, pack=c.pack)
+        plan = batching.plan_packing(lengths, seq_buckets=c.seq_buckets, micro_batch=self._local_micro, pack=c.pack,
+                                     min_micro=c.min_micro_batches)
         if jax.process_count() > 1:  # every process must feed the same global shape
             shapes = multihost_utils.process_allgather(np.array([plan.num_micro, plan.seq_len]))
             n, t = shapes.reshape(-1, 2).max(0)
@@ -443,7 +449,8 @@ class Learner:
         lags = version - ep.versions
         metrics |= {
             "batch/trajectories": float(N), "batch/tokens": real, "batch/model_tokens": float(model_tokens),
-            "batch/pad_fraction": 1.0 - real / float(sum(np.prod(p.shape) for p in plans)),
+            # padding inside the micro-batches that run (all-padding ones are skipped)
+            "batch/pad_fraction": 1.0 - real / float(sum(p.computed_positions for p in plans)),
             "batch/truncated_tokens": float(ep.truncated_tokens),
             "batch/reward_mean": float(ep.rewards.mean()), "batch/reward_std": float(ep.rewards.std()),
             "batch/advantage_mean": float((advantages * ep.mask).sum() / max(model_tokens, 1)),

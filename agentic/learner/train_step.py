@@ -18,7 +18,9 @@ A packed batch is a dict of [num_micro, micro_batch, T] arrays (see batching.py)
 
 `train_step(state, batch) -> (state, metrics)` scans over the micro-batches summing
 gradients (the weights already normalize over the whole batch, so the sum is the
-full-batch gradient), clips, applies AdamW. Everything runs under one jit whose
+full-batch gradient), clips, applies AdamW. Micro-batches that hold only padding rows
+(the packed shape is rounded up to few sizes) are skipped at run time, so a fixed,
+generous shape costs no compute. Everything runs under one jit whose
 in/out shardings are given explicitly; the state is donated.
 
 Off-policy correction (`off_policy`):
@@ -90,11 +92,16 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
     def step(state, batch):
         trainable = state["trainable"]
 
-        def body(carry, mb):
+        def accumulate(carry, mb):
             g_acc, m_acc = carry
             (_, m), g = grad_fn(trainable, mb)
-            m_acc = {k: m_acc[k] + m[k] for k in m_acc}
-            return (jax.tree.map(jnp.add, g_acc, g), m_acc), None
+            return jax.tree.map(jnp.add, g_acc, g), {k: m_acc[k] + m[k] for k in m_acc}
+
+        def body(carry, mb):
+            # A micro-batch of padding rows only (the packed shape is rounded up) adds nothing:
+            # skip its forward and backward instead of computing zeros.
+            real = jnp.any(mb["segment_ids"] != 0)
+            return jax.lax.cond(real, accumulate, lambda carry, mb: carry, carry, mb), None
 
         first = jax.tree.map(lambda x: x[0], batch)
         if jax.tree.leaves(batch)[0].shape[0] == 1:  # one micro-batch: no accumulator to zero and add to

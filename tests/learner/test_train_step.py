@@ -62,6 +62,19 @@ def test_sharded_step_matches_one_device(mesh_shape, init_params, trajectories, 
     assert not np.allclose(ref_params["norm"]["scale"], init_params["norm"]["scale"])  # the step moved them
 
 
+def test_padding_micro_batches_are_skipped_and_change_nothing(init_params, trajectories, single_result):
+    """min_micro_batches pads the packed shape with empty micro-batches: same update, same metrics."""
+    ref_metrics, ref_params = single_result
+    learner = Learner(CFG.replace(min_micro_batches=8), TINY, init_params, mesh=make_mesh((1, 1, 1)))
+    metrics, params = _update(learner, trajectories)
+    assert metrics["batch/num_micro"] == 8 and ref_metrics["batch/num_micro"] == 2
+    assert metrics["batch/pad_fraction"] == pytest.approx(ref_metrics["batch/pad_fraction"])  # only run rows count
+    for k in ("learner/loss", "learner/pg_loss", "learner/entropy", "learner/grad_norm"):
+        np.testing.assert_allclose(metrics[k], ref_metrics[k], rtol=1e-5, atol=1e-7, err_msg=k)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_environment_tokens_do_not_reach_loss_or_gradient(single, trajectories):
     cfg = CFG.replace(kl_coef=0.1)  # KL and entropy terms on too: they must respect the mask as well
     batch = single.prepare(trajectories).batches[0]
