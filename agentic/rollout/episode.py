@@ -12,6 +12,7 @@ log-probs). Nothing is re-tokenized after the fact.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -52,6 +53,11 @@ class EpisodeConfig:
       use_chat_template: wrap the env's first observation as a user message.
       stop: stop strings used when the env does not announce its own
         (envs put theirs in `Observation.info["stop"]`).
+
+    An env may also announce a turn cut in `Observation.info["turn_cut"]`: an
+    ordered list of strings. The first of them that occurs in a model turn's text
+    ends the turn there (see `cut_turn`); the tokens after it are dropped, never
+    trained on, and the env receives the text up to and including it.
     """
 
     max_turns: int = 4
@@ -70,6 +76,31 @@ class EpisodeConfig:
             raise ValueError(f"max_new_tokens_per_turn must be >= 1, got {self.max_new_tokens_per_turn}")
         if self.max_total_tokens <= self.max_new_tokens_per_turn // 8:
             raise ValueError(f"max_total_tokens={self.max_total_tokens} leaves no room for a turn")
+
+
+def cut_turn(ids: list[int], cuts: Sequence[str], tokenizer: TextCodec) -> tuple[int, str]:
+    """Where a model turn ends: (how many of its tokens to keep, the action text for the env).
+
+    The first string of `cuts` that occurs anywhere in the turn's decoded text decides
+    (priority is the list order, not the position in the text). The turn keeps its tokens up
+    to the first one at which the decoded text contains that string, and the action is the
+    text up to and including the string's first occurrence. Without one (or `cuts` empty)
+    all tokens are kept and the action is the whole text. Tokens are never re-tokenized: if
+    the last kept token spells characters past the cut string, the trajectory keeps them
+    while the env gets the text cut exactly.
+    """
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    cut = next((s for s in cuts if s and s in text), None)
+    if cut is None:
+        return len(ids), text
+    lo, hi = 1, len(ids)  # the shortest prefix whose text contains `cut` (prefix texts only grow)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cut in tokenizer.decode(ids[:mid], skip_special_tokens=True):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo, text[: text.index(cut) + len(cut)]
 
 
 async def run_episode(
@@ -106,6 +137,7 @@ async def run_episode(
         logprobs += [0.0] * len(tokens)
         prompt_len = len(tokens)
         stop = tuple(obs.info.get("stop", ())) or config.stop
+        turn_cut = tuple(obs.info.get("turn_cut", ()))
         for turn in range(config.max_turns):
             budget = min(config.max_new_tokens_per_turn, config.max_total_tokens - len(tokens))
             if budget <= 0:
@@ -122,12 +154,12 @@ async def run_episode(
             )
             completion = await generator.generate_one(
                 GenerateRequest(prompt_ids=tuple(tokens), params=params, session_id=episode_id))
+            kept, action = cut_turn(list(completion.token_ids), turn_cut, tokenizer)
             turn_starts.append(len(tokens))
             versions.append(completion.weight_version)
-            tokens += completion.token_ids
-            mask += [1] * len(completion.token_ids)
-            logprobs += completion.logprobs
-            action = tokenizer.decode(completion.token_ids, skip_special_tokens=True)
+            tokens += completion.token_ids[:kept]
+            mask += [1] * kept
+            logprobs += completion.logprobs[:kept]
             if not action:  # e.g. only EOS: nothing to send; the episode ends with what it has earned
                 empty_turn = True
                 break

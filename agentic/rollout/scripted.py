@@ -3,10 +3,11 @@
 `ScriptedGenerator` is a `Generator` whose "model" is a scripted policy (e.g.
 `envs.search.policies.SearchThenAnswer`): given an episode's token history it
 decodes the newest observation, asks the policy for its action and returns the
-action's tokens. Run through the ordinary `Actor` and env hosts, it yields
-trajectories in exactly the layout RL episodes have (prompt and observations
-with loss mask 0, actions with loss mask 1), which a cold-start SFT phase trains
-on (`agentic.learner` policy loss "nll").
+action's tokens, ended where an engine would end them (the request's stop
+strings, stop tokens and `max_new_tokens`). Run through the ordinary `Actor` and
+env hosts, it yields trajectories in exactly the layout RL episodes have (prompt
+and observations with loss mask 0, actions with loss mask 1), which a cold-start
+SFT phase trains on (`agentic.learner` policy loss "nll").
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agentic.inference.protocol import Completion, GenerateRequest, Generator
+from agentic.inference.protocol import Completion, GenerateRequest, Generator, SamplingParams
+from agentic.inference.stops import Finish, StopChecker
 
 
 class ScriptedPolicy(Protocol):
@@ -53,11 +55,21 @@ class ScriptedGenerator(Generator):
                     self.policy_for_prompt(self.tokenizer.decode(ids)), 0)
             observation = self.tokenizer.decode(ids[session.seen:], skip_special_tokens=True)
             action = self.tokenizer.encode(session.policy.act(observation), add_special_tokens=False)
-            action = action[: r.params.max_new_tokens]
+            action, finish = self._finish(action, r.params)
             session.seen = len(ids) + len(action)
-            out.append(Completion(token_ids=tuple(action), logprobs=(0.0,) * len(action), finish_reason="stop",
-                                  prompt_tokens=len(ids)))
+            out.append(Completion(token_ids=tuple(action), logprobs=(0.0,) * len(action),
+                                  finish_reason=finish.kind, matched=finish.matched, prompt_tokens=len(ids)))
         return out
+
+    def _finish(self, action: list[int], params: SamplingParams) -> tuple[list[int], Finish]:
+        """The action as an engine would return it: ended by a stop string, stop token or length."""
+        checker = StopChecker(max_new_tokens=params.max_new_tokens, stop=params.stop,
+                              stop_token_ids=params.stop_token_ids, tokenizer=self.tokenizer)
+        for n in range(1, len(action) + 1):
+            finish = checker.check(action[:n])
+            if finish is not None:
+                return action[:n], finish
+        return action, Finish("stop")  # the script's action is complete (a model would emit EOS)
 
     async def release(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

@@ -1,6 +1,6 @@
 """The Search-R1 environment (Jin et al. 2025, arXiv 2503.09516), faithful to its public code.
 
-Protocol, per model turn (an *action*, generation stopped at `</search>` or `</answer>`):
+Protocol, per model turn (an *action*):
 
   * `<search> query </search>`: the env retrieves the top-k passages and answers
     `"\\n\\n<information>Doc 1(Title: T1) text1\\nDoc 2(Title: T2) text2\\n...</information>\\n\\n"`
@@ -8,9 +8,21 @@ Protocol, per model turn (an *action*, generation stopped at `</search>` or `</a
   * `<answer> text </answer>`: the episode ends and is scored.
   * anything else: Search-R1's invalid-action message, the episode goes on.
 
+Where a turn ends, as Search-R1's `_postprocess_responses`: it generates without stop strings and
+cuts the turn's text after the first `</search>` if the turn holds one anywhere, else after the
+first `</answer>`; then the first `<search>…</search>` or `<answer>…</answer>` pair of the cut text
+is the action (`postprocess_predictions`). So `<answer> A </answer> then <search> q </search>`
+is all kept and answers A, and `<search> q <answer> A </answer> </search>` searches
+"q <answer> A </answer>". The env announces that rule to the episode: stop strings `("</search>",)`
+(generating past the first `</search>` would be cut anyway) and the turn cut
+`["</search>", "</answer>"]` in `Observation.info` (see `agentic.rollout.episode.cut_turn`), so the
+tokens trained on are the tokens the cut keeps and the env gets the cut text.
+
 Turn limit, as Search-R1's generation loop: the first `max_turns` actions are executed; one more
 final action is allowed, in which an answer is scored but a search is not executed (the episode
-ends, `truncated=True`). So a model sees at most `max_turns` search results.
+ends, `truncated=True`). So a model sees at most `max_turns` search results and may still answer
+after `max_turns` searches: an episode takes up to `max_turns + 1` model turns, which reset
+announces as `Observation.info["max_turns"]` (the actor's turn budget must be at least that).
 
 Observations are capped at `max_obs_tokens` tokens (the whole `<information>` block, wrapper
 included): with `obs_tokenizer` (a tokenizer.json path, a directory holding one, or a model name
@@ -58,7 +70,8 @@ INVALID_ACTION = (
     "Let me try again.\n"
 )
 
-STOP = ("</search>", "</answer>")
+STOP = ("</search>",)
+TURN_CUT = ("</search>", "</answer>")  # in priority order: Search-R1's `_postprocess_responses`
 _OBS_PREFIX, _OBS_SUFFIX = "\n\n<information>", "</information>\n\n"
 
 
@@ -227,7 +240,8 @@ class SearchR1Env(Env):
             self._batcher = await asyncio.to_thread(shared_batcher, self.config)
         self._task = task
         return Observation(text=make_prompt(str(task["question"])),
-                           info={"stop": list(STOP), "max_turns": self.config.max_turns, "env": "search_r1"})
+                           info={"stop": list(STOP), "turn_cut": list(TURN_CUT),
+                                 "max_turns": self.config.max_turns + 1, "env": "search_r1"})
 
     async def step(self, action: str) -> Step:
         if self._task is None:

@@ -54,7 +54,8 @@ def test_prompt_stop_strings_and_observation_format():
     env, retriever = make()
     obs, steps = play(env, TASK, ["<think>I should look it up.</think>\n<search> capital of China </search>"])
     assert obs.text == PUBLISHED_PROMPT
-    assert obs.info["stop"] == ["</search>", "</answer>"]
+    assert obs.info["stop"] == ["</search>"]  # and the turn cut: tests/rollout/test_search_r1_turns.py
+    assert obs.info["turn_cut"] == ["</search>", "</answer>"]
     assert retriever.queries == ["capital of China"]
     assert steps[0].observation == (
         '\n\n<information>Doc 1(Title: "Title 0") Text 0 about capital of China.\nline two\n'
