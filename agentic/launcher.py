@@ -34,7 +34,7 @@ from agentic.async_thread import AsyncThread
 from agentic.env.local_hosts import local_env_hosts
 from agentic.learner import sharding
 from agentic.learner.learner import Learner, LearnerConfig
-from agentic.metrics import MetricsWriter, mean_metrics
+from agentic.metrics import CompileClock, MetricsWriter, mean_metrics
 from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
 from agentic.rollout.remote_env import RemoteEnv
@@ -55,12 +55,16 @@ def env_hosts(config, stack: contextlib.ExitStack) -> list[str]:
     if config.env.hosts:
         return [a for a in config.env.hosts.split(",") if a]
     t = time.monotonic()
-    addresses = stack.enter_context(local_env_hosts([config.env.name], config.env.num_local_hosts))
+    imports = [m for m in config.env.imports.split(",") if m]
+    addresses = stack.enter_context(local_env_hosts(
+        [config.env.name], config.env.num_local_hosts, token=config.env.token or None,
+        extra_args=[a for m in imports for a in ("--import", m)]))
     print(f"env hosts started at {addresses} ({time.monotonic() - t:.1f}s)", flush=True)
     return addresses
 
 
-def actor_thread(addresses: list[str], stack: contextlib.ExitStack, name: str = "actors"):
+def actor_thread(addresses: list[str], stack: contextlib.ExitStack, name: str = "actors",
+                 token: str | None = None):
     """The actors' event-loop thread and its EnvClient (both closed with `stack`)."""
     from agentic.env.client import EnvClient
 
@@ -68,7 +72,7 @@ def actor_thread(addresses: list[str], stack: contextlib.ExitStack, name: str = 
     stack.callback(actors.close)
 
     async def _client():
-        return EnvClient(addresses)
+        return EnvClient(addresses, token=token)
 
     env_client = actors.run(_client())
     stack.callback(lambda: actors.run(env_client.aclose(), timeout=30))
@@ -247,8 +251,9 @@ def env_factory(config, env_client):
 
 
 def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThread) -> dict[str, float]:
-    """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...)."""
+    """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...) and its time."""
     results: list[list[Trajectory]] = []
+    t = time.monotonic()
 
     async def sink(group):
         results.append(group)
@@ -260,6 +265,7 @@ def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThrea
     out = mean_metrics(results)
     out["episodes"] = float(len(results))
     out.update({k: v for k, v in actor.stats().items() if k.startswith("failures/") or k == "env_failures"})
+    out["time_s"] = time.monotonic() - t
     return out
 
 
@@ -287,13 +293,16 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
     # A scripted action is as long as it is (the policy, not the token cap, ends its turn).
     demo_config = dataclasses.replace(demo_config, episode=dataclasses.replace(
         demo_config.episode, max_new_tokens_per_turn=max(demo_config.episode.max_new_tokens_per_turn, 256)))
+    policy = policy_for_prompt(train_tasks, no_search_frac=ws.no_search_frac, seed=config.seed)
     actor = Actor(config=demo_config, make_env=env_factory(config, env_client), sink=sink,
-                  generator=ScriptedGenerator(tokenizer, policy_for_prompt(train_tasks)), tokenizer=tokenizer,
+                  generator=ScriptedGenerator(tokenizer, policy), tokenizer=tokenizer,
                   tasks=TaskStream(train_tasks, config.seed + 1), name="demos")
     actors.run(actor.run(max_groups=ws.demos))
-    demos = [tr for g in groups for tr in g if tr.metrics.get("em", 0.0) > 0]
-    print(f"warm start: {len(demos)} successful demonstrations of {ws.demos} ({time.monotonic() - t:.1f}s, "
-          f"failures {dict(actor.failures)})", flush=True)
+    # Searching demonstrations are kept when they found the answer; answer-at-once ones as they are.
+    demos = [tr for g in groups for tr in g if tr.metrics.get("em", 0.0) > 0 or tr.metrics.get("search_calls") == 0]
+    searched = sum(tr.metrics.get("search_calls", 0) > 0 for tr in demos)
+    print(f"warm start: {len(demos)} demonstrations of {ws.demos} ({searched} search, {len(demos) - searched} "
+          f"answer at once; {time.monotonic() - t:.1f}s, failures {dict(actor.failures)})", flush=True)
     if not demos:
         raise RuntimeError("warm start: no successful demonstration; check the env and config.warm_start")
     lc = learner_config(config, workdir).replace(
@@ -314,8 +323,10 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the experiment; returns final metrics (including eval EM at start and end)."""
+    """Runs the experiment; returns final metrics (eval EM at the start, after the cold start,
+    during RL and at the end, and where the time went)."""
     start = time.monotonic()
+    compile_clock = CompileClock()
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
@@ -326,6 +337,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
     stats: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
+        stack.callback(compile_clock.close)
         # ---- env hosts (first: forking after JAX has started its threads is unsafe)
         addresses = env_hosts(config, stack)
 
@@ -343,9 +355,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         # ---- data
         train_tasks, eval_tasks = load_tasks(config.data)
         eval_tasks = eval_tasks[: config.eval_tasks]
-        print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval", flush=True)
+        quick_tasks = eval_tasks[: config.eval_quick_tasks]
+        print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval "
+              f"({len(quick_tasks)} in the quick evals at the start and during RL)", flush=True)
 
-        actors, env_client = actor_thread(addresses, stack)
+        actors, env_client = actor_thread(addresses, stack, token=config.env.token or None)
 
         writer = MetricsWriter(workdir, total_steps=config.total_steps)
         stack.callback(writer.close)
@@ -358,20 +372,22 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
         sync = WeightSync(config, generator, model_cfg, tokenizer, actors)
 
-        # ---- eval at the start
-        if fresh and config.eval_tasks:
-            stats["eval_start"] = ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
-            writer.write(0, ev, prefix="eval")
+        def run_eval(step: int, tasks: list[dict], split: str) -> dict[str, float]:
+            ev = evaluate(config, tasks, generator, tokenizer, env_client, actors)
+            writer.write(step, ev, prefix=split)
+            return ev
+
+        # ---- eval at the start (the model as given), on the quick set
+        if fresh and quick_tasks:
+            stats["eval_start"] = run_eval(0, quick_tasks, "eval_start")
 
         # ---- warm start (cold-start SFT on demonstrations), only for a fresh run
         if fresh and config.warm_start.demos and config.warm_start.steps:
             params = warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_client, actors,
                                 mesh, writer)
             sync(params, 0)
-            if config.eval_tasks:
-                stats["eval_warm_start"] = ev = evaluate(config, eval_tasks, generator, tokenizer, env_client,
-                                                         actors)
-                writer.write(0, ev, prefix="eval_warm_start")
+            if eval_tasks:
+                stats["eval_warm_start"] = run_eval(0, eval_tasks, "eval_warm_start")
 
         # ---- learner
         learner = Learner(learner_config(config, workdir), model_cfg, params, mesh=mesh)
@@ -408,85 +424,188 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer,
                       make_env=env_factory(config, env_client),
                       tasks=tasks, sink=sink, seed=config.seed + start_step)
-        # ---- loop
-        B = config.learner.batch_groups
-        actor_future = actors.submit(actor.run()) if config.sebulba.mode == "async" else None
+        batches = BatchCollector(config, queue, actor, actors)
+        stack.callback(batches.close)
+
+        # ---- loop: collect a batch, update, publish weights, log, checkpoint, eval
         stopping = _StopFlag()
         stack.enter_context(stopping)
-        train_start = time.monotonic()
-        last = time.monotonic()
-        learner_wait_s = 0.0
-        actor.busy_s = 0.0
         step = saved = start_step
+        clocks = StageClocks(actor, compile_clock)
+        train_start = time.monotonic()
         first_step_done = None
         while step < config.total_steps and not stopping.set:
             if config.time_budget_s and time.monotonic() - start > config.time_budget_s:
                 print(f"time budget of {config.time_budget_s:.0f}s reached at step {step}", flush=True)
                 break
-            t = time.monotonic()
-            if actor_future is None:  # sync: collect one batch while the learner idles
-                actors.run(actor.run(max_groups=B))
-            groups = []
-            while len(groups) < B and not stopping.set:
-                groups += queue.get(B - len(groups), timeout=2.0)
-                if actor_future is not None and actor_future.done():
-                    actor_future.result()  # re-raises the actor's crash
-                    raise RuntimeError("actor stopped before the learner finished")
-                if actor_future is None and len(groups) < B:
-                    actors.run(actor.run(max_groups=B - len(groups)))
-            if stopping.set:
+            clocks.start_step()
+            groups = batches.next(lambda: stopping.set)
+            if groups is None:
                 break
-            wait_s = time.monotonic() - t
-            learner_wait_s += wait_s
+            wait_s = clocks.lap()
             trajs = [tr for g in groups for tr in g]
             lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
-            t = time.monotonic()
             m = learner.update(trajs)
-            update_s = time.monotonic() - t
-            sync_s = sync(learner.params, learner.version)
+            train_s = clocks.lap()
+            sync(learner.params, learner.version)
+            sync_s = clocks.lap()
             queue.set_learner_version(learner.version)
+            batches.record(m)
             step = learner.version
             if first_step_done is None:  # compilation happens in the first step: time the rest apart
                 first_step_done = time.monotonic()
-            now = time.monotonic()
             row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor.stats().items()},
-                   **{f"queue/{k}": v for k, v in queue.stats().items()}}
-            row.update(policy_lag=lag, env_failures=actor.stats()["env_failures"], wait_s=wait_s,
-                       update_s=update_s, sync_s=sync_s, step_s=now - last,
-                       tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(now - last, 1e-9))
-            last = now
+                   **{f"queue/{k}": v for k, v in queue.stats().items()}, **batches.stats()}
+            row.update(policy_lag=lag, env_failures=actor.stats()["env_failures"],
+                       wait_s=wait_s, train_s=train_s, sync_s=sync_s, **clocks.step_times(),
+                       tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9))
             if step % config.log_every == 0:
                 writer.write(step, row)
             if step % config.checkpoint_every == 0:
                 learner.save(step, data_state={"tasks": tasks.state()}, force=True)
                 saved = step
+            if config.eval_every and step % config.eval_every == 0 and step < config.total_steps and quick_tasks:
+                stats.setdefault("eval_rl", []).append({"step": step, **run_eval(step, quick_tasks, "eval_rl")})
         if saved != step:
             learner.save(step, data_state={"tasks": tasks.state()}, force=True)
         learner.wait_for_checkpoint()
-        actor.stop()
         train_end = time.monotonic()
         train_s = train_end - train_start
-        if actor_future is not None:
-            queue.close()
-            with contextlib.suppress(Exception):
-                actor_future.result(timeout=120)
+        batches.close()
 
         # ---- eval at the end
-        if config.eval_tasks and not stopping.set:
-            t = time.monotonic()
-            ev = evaluate(config, eval_tasks, generator, tokenizer, env_client, actors)
-            ev["time_s"] = time.monotonic() - t
-            writer.write(step, ev, prefix="eval")
-            stats["eval_end"] = ev
+        if eval_tasks and not stopping.set:
+            stats["eval_end"] = run_eval(step, eval_tasks, "eval")
         steady_s = (train_end - first_step_done) if first_step_done is not None else 0.0
         stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
                      steady_s=steady_s, steady_steps=max(step - start_step - 1, 0),
-                     learner_idle_frac=learner_wait_s / max(train_s, 1e-9),
-                     actor_idle_frac=1.0 - min(actor.busy_s / max(train_s, 1e-9), 1.0),
-                     interrupted=stopping.set)
+                     learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
+                     actor_idle_frac=1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0),
+                     compile_s=compile_clock.seconds, interrupted=stopping.set, **batches.stats())
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
                      quiet=True)
     return stats
+
+
+class StageClocks:
+    """Where a loop step's time went: laps of the main thread plus the actors' occupancy clocks."""
+
+    def __init__(self, actor: Actor, compile_clock: CompileClock):
+        self.actor, self.compile_clock = actor, compile_clock
+        self.wait_total = 0.0
+        self.step_s = 0.0
+        self._laps = 0
+
+    def start_step(self):
+        now = time.monotonic()
+        self._step_start = self._lap_start = now
+        self._gen0, self._env0 = self.actor.clock.generate.total, self.actor.clock.env.total
+        self._compile0 = self.compile_clock.seconds
+        self._laps = 0
+
+    def lap(self) -> float:
+        now = time.monotonic()
+        dt, self._lap_start = now - self._lap_start, now
+        if self._laps == 0:
+            self.wait_total += dt
+        self._laps += 1
+        self.step_s = now - self._step_start
+        return dt
+
+    def step_times(self) -> dict[str, float]:
+        """generate_s / env_s: wall seconds with a generate / env call in flight during this step."""
+        return {"generate_s": self.actor.clock.generate.total - self._gen0,
+                "env_s": self.actor.clock.env.total - self._env0,
+                "compile_s": self.compile_clock.seconds - self._compile0, "step_s": self.step_s}
+
+
+class BatchCollector:
+    """Hands the loop `learner.batch_groups` groups per step, the Sebulba or the synchronous way.
+
+    async: the actor runs throughout (bounded by the queue and the max policy lag); the loop
+    takes groups from the queue. sync: the actor generates only while the loop waits for a
+    batch and is paused (its groups in flight drained) before the learner trains, so on a
+    small machine generation and training never compete for the same cores.
+
+    With `sebulba.dynamic_sampling`, groups whose rewards are all equal are set aside
+    (counted, not trained on: their GRPO advantages are zero, DAPO's dynamic sampling)
+    and generation goes on until the batch holds informative groups only, for at most
+    `sebulba.max_batch_rounds` batches' worth of generated groups per step (then the step
+    trains on what it has).
+    """
+
+    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor, actors: AsyncThread):
+        self.queue, self.actor, self.actors = queue, actor, actors
+        self.B = config.learner.batch_groups
+        self.sync = config.sebulba.mode == "sync"
+        self.dynamic = config.sebulba.dynamic_sampling
+        self.max_rounds = config.sebulba.max_batch_rounds
+        self.group_size = config.actor.group_size
+        self.uniform, self.trained_groups, self.stale_in_learner = 0, 0.0, 0.0
+        if self.sync:
+            actor.paused.clear()
+        self._future = actors.submit(actor.run())
+
+    def _set_paused(self, paused: bool):
+        """Pauses / resumes the actor; returns once its event loop has done it."""
+        async def flip():
+            (self.actor.paused.clear if paused else self.actor.paused.set)()
+
+        self.actors.run(flip(), timeout=30)
+
+    def next(self, stopping) -> list[list[Trajectory]] | None:
+        """The next batch of groups (None when stopping)."""
+        batch, spare = [], []
+        if self.sync:
+            self._set_paused(False)
+        budget = self.B * self.max_rounds
+        while len(batch) < self.B:
+            if stopping():
+                return None
+            got = self.queue.get(self.B - len(batch), timeout=1.0)
+            if self._future.done():
+                self._future.result()  # re-raises the actor's crash
+                raise RuntimeError("actor stopped before the learner finished")
+            for g in got:
+                budget -= 1
+                if self.dynamic and len({tr.reward for tr in g}) == 1:
+                    self.uniform += 1
+                    spare.append(g)
+                else:
+                    batch.append(g)
+            if budget <= 0 and len(batch) + len(spare) >= self.B:  # out of rounds: train on what there is
+                batch += spare[: self.B - len(batch)]
+                break
+        if self.sync:
+            self._set_paused(True)
+            while self.actor.busy._active and not stopping():  # drain: its groups land in the queue
+                time.sleep(0.01)
+        return batch
+
+    def record(self, learner_metrics: dict[str, float]) -> None:
+        """Counts what the learner trained on and dropped as stale in an update."""
+        self.trained_groups += learner_metrics.get("batch/trajectories", 0.0) / self.group_size
+        self.stale_in_learner += learner_metrics.get("batch/dropped_stale", 0.0) / self.group_size
+
+    def stats(self) -> dict[str, float]:
+        """Counts over the run so far: groups the actor generated, set aside as uniform, dropped as
+        stale (by the queue or the learner), trained on; and their fractions of the generated ones."""
+        generated = float(self.actor.groups_done)
+        stale = self.queue.stats().get("dropped_stale", 0.0) + self.stale_in_learner
+        g = max(generated, 1.0)
+        return {"groups_generated": generated, "groups_uniform": float(self.uniform),
+                "groups_stale": stale, "groups_trained": self.trained_groups,
+                "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g}
+
+    def close(self) -> None:
+        if self._future is None:
+            return
+        self.actor.stop()
+        self._set_paused(False)
+        self.queue.close()
+        with contextlib.suppress(Exception):
+            self._future.result(timeout=120)
+        self._future = None
 
 
 class _StopFlag:

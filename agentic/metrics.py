@@ -19,12 +19,42 @@ PROGRESS_KEYS = (
     ("em", "EM {:.3f}"),
     ("turns", "turns {:.2f}"),
     ("search_calls", "search {:.2f}"),
+    ("episodes", "n {:.0f}"),
     ("tokens_per_s", "tok/s {:.0f}"),
     ("policy_lag", "lag {:.2f}"),
     ("env_failures", "env-fail {:.0f}"),
     ("learner/loss", "loss {:.4f}"),
     ("loss", "loss {:.4f}"),
+    # where a step's time went (seconds): generate / env calls in flight, learner waiting for the
+    # batch, train step, weight sync, of which compiling; the share of generated groups trained on
+    ("generate_s", "gen {:.0f}s"),
+    ("env_s", "env {:.0f}s"),
+    ("wait_s", "wait {:.0f}s"),
+    ("train_s", "train {:.0f}s"),
+    ("sync_s", "sync {:.1f}s"),
+    ("compile_s", "compile {:.0f}s"),
+    ("trained_frac", "trained {:.0%}"),
+    ("time_s", "{:.0f}s"),
 )
+
+
+class CompileClock:
+    """Seconds JAX spent compiling in this process (tracing to MLIR and backend compiles)."""
+
+    def __init__(self):
+        import jax
+
+        self.seconds = 0.0
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_) -> None:
+        if event.startswith("/jax/core/compile/"):
+            self.seconds += duration
+
+    def close(self) -> None:
+        import jax
+
+        jax.monitoring.unregister_event_duration_listener(self._on_event)
 
 
 class MetricsWriter:

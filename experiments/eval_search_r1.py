@@ -62,7 +62,7 @@ def main(argv):
         if not os.path.isdir(os.path.join(workdir, "checkpoints")) or learner.restore(_STEP.value) is None:
             raise app.UsageError(f"no checkpoint in {workdir}/checkpoints: train first (experiments/search_r1.py)")
         step = learner.version
-        actors, env_client = launcher.actor_thread(addresses, stack, name="eval")
+        actors, env_client = launcher.actor_thread(addresses, stack, name="eval", token=config.env.token or None)
         generator = launcher.build_generator(config, model_cfg, learner.params, tokenizer,
                                              [learner.mesh.devices.flat[0]], version=step)
         stack.callback(lambda: actors.run(generator.close(), timeout=60))

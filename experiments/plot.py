@@ -8,7 +8,12 @@ import os
 import sys
 
 CURVES = (("reward", "train reward"), ("em", "EM"), ("turns", "turns"), ("search_calls", "search calls"),
-          ("policy_lag", "policy lag"), ("tokens_per_s", "rollout tokens/s"))
+          ("trained_frac", "share of generated groups trained on"), ("step_s", "seconds per step"))
+
+# Evals, each drawn only where it was measured (x = RL steps done; the cold start happens before
+# step 0, so "as given" and "after the cold start" both sit at 0 and are never joined by a line).
+EVAL_SPLITS = (("eval_start", "D", "as given"), ("eval_warm_start", "s", "after the cold start"),
+               ("eval_rl", "^:", "during RL"), ("eval", "o", "end"))
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -28,15 +33,18 @@ def plot_workdir(workdir: str, out: str | None = None) -> str:
     rows = read_metrics(workdir)
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     for ax, (key, title) in zip(axes.flat, CURVES, strict=False):
-        for split, style in (("train", "-"), ("eval", "o--"), ("eval_warm_start", "s")):
-            pts = [(r["step"], r[key]) for r in rows if r.get("split") == split and key in r]
+        pts = [(r["step"], r[key]) for r in rows if r.get("split") == "train" and key in r]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "-", label="train (sampled)")
+        for split, style, label in EVAL_SPLITS:
+            pts = [(r["step"], r[key], r.get("episodes", 0)) for r in rows if r.get("split") == split and key in r]
             if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, style, label=split)
+                xs, ys, ns = zip(*pts, strict=True)
+                ax.plot(xs, ys, style, label=f"eval {label} ({int(max(ns))} q, greedy)")
         ax.set_title(title)
-        ax.set_xlabel("step")
+        ax.set_xlabel("RL step")
         if ax.has_data():
-            ax.legend()
+            ax.legend(fontsize=7)
     fig.tight_layout()
     out = out or os.path.join(workdir, "curves.png")
     fig.savefig(out, dpi=80)

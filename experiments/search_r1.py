@@ -31,14 +31,17 @@ def main(argv):
 
     stats = launcher.train(_CONFIG.value, _WORKDIR.value)
     plot.plot_workdir(_WORKDIR.value)
-    start, end = stats.get("eval_start", {}), stats.get("eval_end", {})
-    summary = {"steps": stats["steps"], "train_s": round(stats["train_s"], 1), "total_s": round(stats["total_s"], 1)}
-    if "em" in end:
-        summary["eval_em_end"] = round(end["em"], 4)
-    if "em" in start:
-        summary["eval_em_start"] = round(start["em"], 4)
-    if "em" in stats.get("eval_warm_start", {}):
-        summary["eval_em_after_warm_start"] = round(stats["eval_warm_start"]["em"], 4)
+    summary = {"steps": stats["steps"], "train_s": round(stats["train_s"], 1), "total_s": round(stats["total_s"], 1),
+               "compile_s": round(stats["compile_s"], 1), "trained_frac": round(stats["trained_frac"], 3),
+               "stale_frac": round(stats["stale_frac"], 3)}
+    # held-out EM at each point, with the number of questions it was measured on
+    for key, name in (("eval_start", "start"), ("eval_warm_start", "after_cold_start"), ("eval_end", "end")):
+        if "em" in stats.get(key, {}):
+            summary[f"eval_em_{name}"] = round(stats[key]["em"], 4)
+            summary[f"eval_n_{name}"] = int(stats[key]["episodes"])
+    for ev in stats.get("eval_rl", []):
+        summary[f"eval_em_step{ev['step']}"] = round(ev["em"], 4)
+        summary[f"eval_n_step{ev['step']}"] = int(ev["episodes"])
     print("done:", json.dumps(summary), flush=True)
 
 

@@ -123,6 +123,18 @@ class GeneratorError(RuntimeError):
     """A request could not be served (no server reachable, engine shut down)."""
 
 
+class GenerationAborted(GeneratorError):
+    """The generator aborted the request (finish_reason "abort"; the SGLang client: on every try).
+
+    `completion` is the last partial completion. It must not be trained on as a
+    normal turn: drop the episode (or its group) and count it.
+    """
+
+    def __init__(self, message: str, completion: Completion):
+        super().__init__(message)
+        self.completion = completion
+
+
 class Generator(abc.ABC):
     """Async token-in/token-out generation. Many requests may be in flight."""
 

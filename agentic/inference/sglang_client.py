@@ -61,7 +61,13 @@ from typing import Any
 
 import aiohttp
 
-from agentic.inference.protocol import Completion, GenerateRequest, Generator, GeneratorError
+from agentic.inference.protocol import (
+    Completion,
+    GenerateRequest,
+    GenerationAborted,
+    Generator,
+    GeneratorError,
+)
 from agentic.inference.sglang_api import error_message, parse_response, parse_weight_version, request_body
 
 log = logging.getLogger(__name__)
@@ -87,18 +93,6 @@ class _Server:
 
 class _Unreachable(Exception):
     pass
-
-
-class GenerationAborted(GeneratorError):
-    """The server aborted the request (finish_reason "abort") on every try.
-
-    `completion` is the last partial completion. It must not be trained on as a
-    normal turn: drop the episode (or its group) and count it.
-    """
-
-    def __init__(self, message: str, completion: Completion):
-        super().__init__(message)
-        self.completion = completion
 
 
 NO_UPDATE_ROUTE = (

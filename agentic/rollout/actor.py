@@ -20,13 +20,43 @@ from typing import Any
 
 from agentic.env.protocol import Task
 from agentic.inference.protocol import Generator
-from agentic.rollout.episode import EnvSession, EpisodeConfig, TextCodec, run_episode
+from agentic.rollout.episode import EnvSession, EpisodeClock, EpisodeConfig, TextCodec, run_episode
 from agentic.rollout.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 
 EnvFactory = Callable[[], Awaitable[EnvSession]]
 GroupSink = Callable[[list[Trajectory]], Awaitable[Any]]
+
+
+class Occupancy:
+    """Wall seconds during which at least one of many concurrent activities was running.
+
+    `with occupancy:` around each activity (a generate call, an env call, a group). Summed
+    over concurrent episodes the seconds would exceed the wall clock; occupancy never does,
+    so it compares with the learner's wait / train / sync seconds.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._active = 0
+        self._since = 0.0
+
+    def __enter__(self):
+        if self._active == 0:
+            self._since = time.monotonic()
+        self._active += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._active -= 1
+        if self._active == 0:
+            self.seconds += time.monotonic() - self._since
+
+    @property
+    def total(self) -> float:
+        """Seconds so far, counting a running stretch up to now."""
+        return self.seconds + (time.monotonic() - self._since if self._active else 0.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -75,9 +105,9 @@ class Actor:
         self.failures: collections.Counter[str] = collections.Counter()
         self.groups_done = 0
         self.episodes_done = 0
-        self.busy_s = 0.0  # time with at least one group's episodes running (not waiting on the queue)
-        self._active = 0
-        self._busy_since = 0.0
+        # wall seconds with at least one group running / one generate call / one env call in flight
+        self.busy = Occupancy()
+        self.clock = EpisodeClock(generate=Occupancy(), env=Occupancy())
         self.consecutive_failures = 0
         self.last_error: BaseException | None = None
         self.paused = asyncio.Event()
@@ -93,15 +123,8 @@ class Actor:
         episodes = []
         for i in range(self.config.group_size):
             episodes.append(self._one_episode(task, gid, f"{gid}-e{i}", next(self._seed)))
-        if self._active == 0:
-            self._busy_since = time.monotonic()
-        self._active += 1
-        try:
+        with self.busy:
             results = await asyncio.gather(*episodes, return_exceptions=True)
-        finally:
-            self._active -= 1
-            if self._active == 0:
-                self.busy_s += time.monotonic() - self._busy_since
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             for e in errors:
@@ -120,7 +143,7 @@ class Actor:
         env = await self.make_env()
         return await asyncio.wait_for(
             run_episode(env=env, task=task, generator=self.generator, tokenizer=self.tokenizer,
-                        config=self.config.episode, episode_id=eid, group_id=gid, seed=seed),
+                        config=self.config.episode, episode_id=eid, group_id=gid, seed=seed, clock=self.clock),
             timeout=self.config.episode_timeout_s)
 
     async def run(self, max_groups: int | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agentic.env.protocol import Observation, Step, Task
-from agentic.inference.protocol import GenerateRequest, Generator, SamplingParams
+from agentic.inference.protocol import GenerateRequest, GenerationAborted, Generator, SamplingParams
 from agentic.rollout.trajectory import Trajectory
 
 
@@ -39,6 +39,22 @@ class TextCodec(Protocol):
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
     def decode(self, ids, skip_special_tokens: bool = False) -> str: ...
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str: ...
+
+
+class _NoClock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeClock:
+    """Context managers the episode enters around its generate calls and its env calls."""
+
+    generate: Any = _NoClock()
+    env: Any = _NoClock()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,11 +129,14 @@ async def run_episode(
     episode_id: str,
     group_id: str,
     seed: int,
+    clock: EpisodeClock = EpisodeClock(),
 ) -> Trajectory:
     """Runs one episode to the end and returns its trajectory.
 
     Env and generator errors propagate (the actor drops the group and counts
-    them); the env session is closed in every case.
+    them), and so does a turn the generator aborted (`GenerationAborted`): its
+    partial output is never trained on as a normal turn. The env session is
+    closed in every case. `clock` times the generate and env calls.
     """
     tokens: list[int] = []
     mask: list[int] = []
@@ -128,7 +147,8 @@ async def run_episode(
     done = truncated = empty_turn = False
     info: dict[str, Any] = {}
     try:
-        obs = await env.reset(task)
+        with clock.env:
+            obs = await env.reset(task)
         prompt = obs.text
         if config.use_chat_template:
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": obs.text}], add_generation_prompt=True)
@@ -152,8 +172,12 @@ async def run_episode(
                 stop_token_ids=(tokenizer.eos_token_id,),
                 seed=seed * 1009 + turn,
             )
-            completion = await generator.generate_one(
-                GenerateRequest(prompt_ids=tuple(tokens), params=params, session_id=episode_id))
+            with clock.generate:
+                completion = await generator.generate_one(
+                    GenerateRequest(prompt_ids=tuple(tokens), params=params, session_id=episode_id))
+            if completion.finish_reason == "abort":  # e.g. the engine shut down mid-turn
+                raise GenerationAborted(f"turn {turn} of episode {episode_id} was aborted "
+                                        f"({completion.matched or 'no reason given'})", completion)
             kept, action = cut_turn(list(completion.token_ids), turn_cut, tokenizer)
             turn_starts.append(len(tokens))
             versions.append(completion.weight_version)
@@ -163,7 +187,8 @@ async def run_episode(
             if not action:  # e.g. only EOS: nothing to send; the episode ends with what it has earned
                 empty_turn = True
                 break
-            step = await env.step(action)
+            with clock.env:
+                step = await env.step(action)
             reward += step.reward
             info = dict(step.info)
             if step.done or step.truncated:
@@ -181,7 +206,8 @@ async def run_episode(
         else:
             truncated = not done
     finally:
-        closed = await env.close()
+        with clock.env:
+            closed = await env.close()
         await generator.release(episode_id)
     env_metrics = closed if isinstance(closed, dict) else getattr(env, "metrics", dict)()
     metrics = {k: float(v) for k, v in {**dict(info.get("metrics", {})), **env_metrics}.items()}

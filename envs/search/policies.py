@@ -11,6 +11,7 @@ Both speak the Search-R1 action format and work with any transport (in process o
 from __future__ import annotations
 
 import collections
+import random
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -76,17 +77,25 @@ class NoSearch:
         return f"<think>I believe I know this.</think><answer> {self.answer} </answer>"
 
 
-def policy_for_prompt(tasks: Sequence[Mapping[str, Any]]):
-    """Builds `SearchThenAnswer` for an episode from its rendered prompt (for demonstrations).
+def policy_for_prompt(tasks: Sequence[Mapping[str, Any]], *, no_search_frac: float = 0.0, seed: int = 0):
+    """Builds a scripted policy for an episode from its rendered prompt (for demonstrations).
 
-    The prompt's "Question: ..." line names the task; `tasks` must contain it.
+    The prompt's "Question: ..." line names the task; `tasks` must contain it. A seeded
+    `no_search_frac` of the questions get `NoSearch` (answer at once from priors), the rest
+    `SearchThenAnswer`: a cold start on such a mix leaves RL a behaviour to learn (that
+    searching pays), the one Search-R1 is about.
     """
+    if not 0.0 <= no_search_frac <= 1.0:
+        raise ValueError(f"no_search_frac must be in [0, 1], got {no_search_frac}")
     by_question = {str(t["question"]).strip(): t for t in tasks}
+    guesses = prior_guesses(tasks) if no_search_frac else {}
 
-    def make(prompt: str) -> SearchThenAnswer:
+    def make(prompt: str):
         question = prompt.rsplit("Question:", 1)[-1].strip().split("\n", 1)[0].strip()
         if question not in by_question:
             raise KeyError(f"no task with question {question!r} for a scripted demonstration")
-        return SearchThenAnswer(by_question[question])
+        task = by_question[question]
+        draw = random.Random(f"{seed}:{question}").random()
+        return NoSearch(task, guesses) if draw < no_search_frac else SearchThenAnswer(task)
 
     return make

@@ -53,8 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.total_steps = 1005
     c.log_every = 1
-    c.eval_every = 0          # 0: only at step 0 and at the end
-    c.eval_tasks = 64         # held-out tasks per eval (greedy)
+    c.eval_every = 0          # > 0: a quick eval every this many RL steps (0: none during RL)
+    c.eval_tasks = 64         # held-out tasks of the full evals (greedy): after the cold start, at the end
+    c.eval_quick_tasks = 64   # the first this many of them: quick evals at the start and during RL
     c.checkpoint_every = 10
     c.keep_checkpoints = 3
     c.time_budget_s = 0.0     # > 0: stop training (and run the final eval) after this long
@@ -68,6 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.warm_start.steps = 0             # SFT optimizer steps
     c.warm_start.batch = 16            # demonstrations per SFT step
     c.warm_start.lr = 1e-4
+    c.warm_start.no_search_frac = 0.0  # share of demonstrations that answer at once, without searching
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "smollm2-135m-instruct"   # registry name, HF dir or .gguf path
@@ -77,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.env.name = "search_r1"
     c.env.hosts = ""          # comma-separated host:port of running env hosts; empty = start one here
     c.env.num_local_hosts = 1
+    c.env.imports = ""        # comma-separated modules local env hosts import first (envs registered outside envs/)
+    c.env.token = ""          # env hosts' shared secret; "" = $AGENTIC_ENV_TOKEN (launch_tpu.sh sets it) or none
     c.env.kwargs = ml_collections.ConfigDict()  # forwarded to the env at session open (JSON)
     c.env.kwargs.max_turns = 4
     c.env.kwargs.topk = 3
@@ -121,6 +125,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.sebulba.mode = "async"            # "async" (Sebulba) | "sync" (actors pause while the learner trains)
     c.sebulba.actor_devices = 0         # local devices for the engine; 0 = share with the learner
     c.sebulba.learner_devices = 0       # 0 = all remaining
+    c.sebulba.dynamic_sampling = False  # set aside groups whose rewards are all equal (zero GRPO advantage)
+    c.sebulba.max_batch_rounds = 4      # dynamic sampling: at most this many batches' worth of groups per step
 
     c.learner = ml_collections.ConfigDict()
     c.learner.algorithm = "grpo"
@@ -134,6 +140,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.learner.clip_eps = 0.2
     c.learner.loss_agg_mode = "token-mean"
     c.learner.micro_batch_size = 8
+    c.learner.min_micro_batches = 1     # pad updates to this many micro-batches (empty ones are skipped)
     c.learner.max_grad_norm = 1.0
     c.learner.remat = True
     c.learner.compute_dtype = "bfloat16"
@@ -161,40 +168,48 @@ def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
 
 
 def cpu_default() -> ml_collections.ConfigDict:
-    """SmolLM2-135M on a 2-core CPU: the paper's loop, scaled to ~20 minutes."""
+    """SmolLM2-135M on a 2-core CPU: the paper's loop, scaled to ~15 minutes, where RL has to learn to search."""
     c = base_config()
     c.total_steps = 12
-    c.time_budget_s = 17 * 60.0
-    # SmolLM2-135M almost never uses the <search>/<answer> format on its own
-    # (tools/format_rate.py: <search> in 0 / 0 / 1 and <answer> in 0 / 1 / 1 of 32 first turns
-    # at temperature 0 / 0.7 / 1.0), so nearly every reward and GRPO advantage is 0: start with
-    # a short SFT on scripted demonstrations (a cold start), then RL.
+    c.time_budget_s = 10 * 60.0         # then the final eval; README's first command stays under 15 min
+    # SmolLM2-135M almost never uses the <search>/<answer> format on its own (tools/format_rate.py),
+    # so a short SFT on scripted demonstrations comes first (a cold start). Half of them search
+    # then answer, half answer at once from priors: the cold start teaches the format but not
+    # that searching pays. That is left to RL, as in Search-R1.
     c.warm_start.demos = 32
-    c.warm_start.steps = 4
+    c.warm_start.steps = 3
     c.warm_start.batch = 8
     c.warm_start.lr = 1e-4
-    c.eval_tasks = 32
+    c.warm_start.no_search_frac = 0.5
+    c.eval_tasks = 128
+    c.eval_quick_tasks = 32
+    c.eval_every = 2
     c.checkpoint_every = 2
     c.data.world_passages = 20000
     c.data.hops = (1,)
     c.env.kwargs.max_turns = 2
-    c.env.kwargs.reward = "em_format"
+    c.env.kwargs.reward = "em"
     c.actor.max_turns = 2
-    c.actor.group_size = 4
+    c.actor.group_size = 5
     c.actor.concurrent_groups = 8
     c.actor.max_new_tokens_per_turn = 48
     c.actor.max_total_tokens = 640
-    c.generator.max_slots = 32
+    c.generator.max_slots = 40
     c.generator.max_seq_len = 640
+    # 2 cores: generation and training take turns (sync), and only groups with a reward
+    # difference are trained on (bench/sebulba.py and README, Results).
+    c.sebulba.mode = "sync"
+    c.sebulba.dynamic_sampling = True
     c.learner.batch_groups = 2
-    c.queue.capacity_groups = 2         # actors run at most one batch ahead of the learner
-    c.learner.lr = 1e-6                 # the paper's; 2e-5 collapsed the policy here (README, Results)
-    c.learner.kl_coef = 0.0
-    c.learner.micro_batch_size = 4
-    c.learner.compute_dtype = "float32"
-    c.learner.remat = True              # activations of 30 layers x 4 x 512 tokens do not fit otherwise
-    c.learner.seq_buckets = (256, 512, 768)
+    c.queue.capacity_groups = 16
     c.queue.max_lag = 1
+    c.learner.lr = 1e-5
+    c.learner.kl_coef = 0.0
+    c.learner.compute_dtype = "float32"
+    c.learner.remat = False
+    c.learner.seq_buckets = (1024,)     # episodes (<= 640 tokens) packed into rows of 1024
+    c.learner.micro_batch_size = 1
+    c.learner.min_micro_batches = 8     # one packed shape for the whole run (empty rows are skipped)
     return c
 
 
@@ -215,8 +230,12 @@ def test_config() -> ml_collections.ConfigDict:
     c.generator.max_slots = 8
     c.generator.max_seq_len = 512
     c.learner.batch_groups = 2
-    c.queue.capacity_groups = 2
+    c.queue.capacity_groups = 8
+    c.eval_quick_tasks = 2
+    c.sebulba.max_batch_rounds = 2
+    c.learner.seq_buckets = (512,)
     c.learner.micro_batch_size = 4
+    c.learner.min_micro_batches = 1
     return c
 
 
