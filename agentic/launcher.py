@@ -196,8 +196,9 @@ def build_generator(config, model_cfg, params, tokenizer, actor_devices, version
     if g.backend == "engine":
         from agentic.inference.engine import EngineConfig, JaxEngine
 
-        return JaxEngine(model_cfg, params, tokenizer, EngineConfig(num_slots=g.max_slots, max_len=g.max_seq_len),
-                         devices=list(actor_devices), weight_version=version)
+        ec = EngineConfig(num_slots=g.max_slots, max_len=g.max_seq_len, prefill_chunk=g.prefill_chunk,
+                          token_bucket_growth=g.token_bucket_growth)
+        return JaxEngine(model_cfg, params, tokenizer, ec, devices=list(actor_devices), weight_version=version)
     if g.backend == "sglang":
         from agentic.inference.sglang_client import SGLangClient
 
@@ -435,8 +436,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         train_start = time.monotonic()
         first_step_done = None
         while step < config.total_steps and not stopping.set:
-            if config.time_budget_s and time.monotonic() - start > config.time_budget_s:
-                print(f"time budget of {config.time_budget_s:.0f}s reached at step {step}", flush=True)
+            # The budget covers the whole run: stop RL while the final eval (timed like the last full
+            # eval, or the last quick eval scaled to the full set) and one more step still fit.
+            reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, len(eval_tasks))
+            if config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s:
+                print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
+                      f"{reserve:.0f}s for one more step and the final eval", flush=True)
                 break
             clocks.start_step()
             groups = batches.next(lambda: stopping.set)
@@ -485,6 +490,15 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
                      quiet=True)
     return stats
+
+
+def final_eval_estimate(stats: dict[str, Any], n: int) -> float:
+    """Seconds the final eval of n tasks should take: the latest eval's time per episode x n."""
+    evals = [stats[k] for k in ("eval_start", "eval_warm_start") if k in stats] + stats.get("eval_rl", [])
+    if not evals or not n:
+        return 0.0
+    last = evals[-1]
+    return last["time_s"] / max(last["episodes"], 1.0) * n
 
 
 class StageClocks:

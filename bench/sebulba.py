@@ -1,6 +1,8 @@
 """Sebulba (async) vs synchronous RL: wall-clock for the same learner steps.
 
   python bench/sebulba.py [--steps 8] [--model tiny] [--variant test] [--layout split|shared]
+  python bench/sebulba.py --variant default --layout shared --steps 3 --group-size 5 --batch-groups 2 \
+      --new-tokens 48      # the README's first command's layout and model (what picks its mode)
 
 Runs experiments/search_r1.py twice on the same workload (same config, seed,
 number of learner steps): once with `--config.sebulba.mode=async` (actors keep
@@ -93,12 +95,15 @@ def export_initial_weights(model: str, out_dir: str) -> None:
 
 
 def run(mode: str, args, workdir: str, weights_dir: str | None) -> dict:
+    # The same work in both modes: no cold start, no evals, no time budget, every group trained on.
     cmd = [sys.executable, "experiments/search_r1.py", f"--config=experiments/configs/search_r1.py:{args.variant}",
            f"--workdir={workdir}", f"--config.sebulba.mode={mode}", f"--config.total_steps={args.steps}",
-           "--config.eval_tasks=0", f"--config.model.name={args.model}",
+           "--config.eval_tasks=0", "--config.warm_start.demos=0", "--config.time_budget_s=0",
+           "--config.sebulba.dynamic_sampling=False",
            f"--config.actor.group_size={args.group_size}", f"--config.learner.batch_groups={args.batch_groups}",
            f"--config.queue.capacity_groups={args.batch_groups}",
            f"--config.actor.max_new_tokens_per_turn={args.new_tokens}", "--config.checkpoint_every=1000"]
+    cmd.append(f"--config.model.name={args.model}")
     server = None
     if weights_dir:
         server, url = start_server(os.path.join(weights_dir, "version_000000"), args, workdir + "_server.log")
@@ -124,7 +129,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--variant", default="test")
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", help="model name ('': the variant's)")
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--batch-groups", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=32)
@@ -133,6 +138,10 @@ def main():
     p.add_argument("--actor-cpus", default="1", help="split layout: CPUs of the generator server (e.g. 1 or 2-3)")
     p.add_argument("--learner-cpus", default="0", help="split layout: CPUs of the trainer process")
     args = p.parse_args()
+    if not args.model:  # the variant's model (the config module imports no JAX)
+        from experiments.configs import search_r1
+
+        args.model = search_r1.get_config(args.variant).model.name
     if args.layout == "split":
         overlap = cpu_set(args.actor_cpus) & cpu_set(args.learner_cpus)
         if overlap:

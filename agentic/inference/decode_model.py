@@ -80,8 +80,9 @@ def decode_forward(config: ModelConfig, params, cache, tokens, positions, kv_len
         k = apply_rope(k[:, None], cos, sin)[:, 0]
         ck = ck.at[i, rows, write].set(k.astype(ck.dtype), mode="drop")
         cv = cv.at[i, rows, write].set(v.astype(cv.dtype), mode="drop")
-        K = jax.lax.dynamic_slice_in_dim(ck[i], 0, kv_len, axis=1)  # [B, kv_len, KVH, Dh]
-        V = jax.lax.dynamic_slice_in_dim(cv[i], 0, kv_len, axis=1)
+        # one slice of layer i's first kv_len rows (not the layer's whole [B, S] cache, then a slice)
+        K = jax.lax.dynamic_slice(ck, (i, 0, 0, 0, 0), (1, B, kv_len, KVH, Dh))[0]  # [B, kv_len, KVH, Dh]
+        V = jax.lax.dynamic_slice(cv, (i, 0, 0, 0, 0), (1, B, kv_len, KVH, Dh))[0]
         qg = q.reshape(B, KVH, G, Dh)
         scores = jnp.einsum("bkgd,bskd->bkgs", qg, K, preferred_element_type=jnp.float32)
         scores = scores * (1.0 / math.sqrt(Dh))

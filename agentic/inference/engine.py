@@ -77,8 +77,10 @@ class EngineConfig:
       prefill_chunk: most new tokens prefilled for one request in one call.
       max_prefill_batch: most requests prefilled in one call.
       min_prefill_bucket: smallest prefill token bucket.
-      bucket_growth: ratio between consecutive buckets (fewer buckets = fewer
-        compilations, more padding).
+      bucket_growth: ratio between consecutive row buckets, and token buckets unless
+        `token_bucket_growth` is set (fewer buckets = fewer compilations, more padding).
+      token_bucket_growth: ratio between consecutive prefill token buckets (None:
+        bucket_growth). A request is prefilled in chunks of the largest bucket it fills.
       min_decode_kv: smallest decode attention window; a decode step attends
         the first 64, 128, 256, ... cache rows (doubling up to max_len), the
         smallest window holding every running sequence.
@@ -96,6 +98,7 @@ class EngineConfig:
     max_prefill_batch: int = 8
     min_prefill_bucket: int = 16
     bucket_growth: int = 4
+    token_bucket_growth: int | None = None
     min_decode_kv: int = 64
     cache_dtype: str | None = None
     tp_size: int = 1
@@ -109,8 +112,9 @@ class EngineConfig:
                   "min_decode_kv", "tp_size"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
-        if self.bucket_growth < 2:
-            raise ValueError(f"bucket_growth must be >= 2, got {self.bucket_growth}")
+        if self.bucket_growth < 2 or (self.token_bucket_growth is not None and self.token_bucket_growth < 2):
+            raise ValueError(f"bucket_growth and token_bucket_growth must be >= 2, got {self.bucket_growth}, "
+                             f"{self.token_bucket_growth}")
         if self.max_len < 2:
             raise ValueError(f"max_len must be >= 2, got {self.max_len}")
 
@@ -230,7 +234,7 @@ class EngineCore:
 
         self.row_buckets = _buckets(1, min(ec.max_prefill_batch, ec.num_slots), ec.bucket_growth)
         self.len_buckets = _buckets(ec.min_prefill_bucket, min(ec.prefill_chunk, ec.max_len),
-                                    ec.bucket_growth)
+                                    ec.token_bucket_growth or ec.bucket_growth)
         self.kv_buckets = _buckets(min(ec.min_decode_kv, ec.max_len), ec.max_len, 2)
         self.compile_counts: collections.Counter = collections.Counter()
         self.stats = collections.Counter()  # token / call counts, and *_s wall seconds
@@ -526,14 +530,25 @@ class EngineCore:
                     r.share_after = None
                 wave, later = later, []
 
+    def _chunk(self, remaining: int) -> int:
+        """Tokens of a request to prefill in its next call: the largest token bucket it fills.
+
+        The rest goes in later calls, so a request pads at most its last, small chunk
+        instead of rounding its whole prompt up to the next bucket (e.g. 130 tokens with
+        buckets 64 and 256: 64 + 64 + 2, not 256).
+        """
+        n = min(remaining, self.ec.prefill_chunk)
+        fits = [b for b in self.len_buckets if b <= n]
+        return fits[-1] if fits else n
+
     def _prefill_rows(self, admitted: list[_Request]):
         """Prefills the new tokens of admitted requests in bucketed batches (chunked)."""
         todo = [r for r in admitted if len(r.todo)]
         while todo:
-            todo.sort(key=lambda r: min(len(r.todo), self.ec.prefill_chunk))
+            todo.sort(key=lambda r: self._chunk(len(r.todo)))
             # one call per token bucket: take the rows that share the first row's bucket
-            t_bucket = _fit(self.len_buckets, min(len(todo[0].todo), self.ec.prefill_chunk))
-            group = [r for r in todo if min(len(r.todo), self.ec.prefill_chunk) <= t_bucket]
+            t_bucket = _fit(self.len_buckets, self._chunk(len(todo[0].todo)))
+            group = [r for r in todo if self._chunk(len(r.todo)) <= t_bucket]
             group = group[: self.row_buckets[-1]]
             rows = _fit(self.row_buckets, len(group))
             used = {r.slot for r in group}
@@ -542,8 +557,8 @@ class EngineCore:
             tokens = np.zeros((rows, t_bucket), np.int32)
             positions = np.full((rows, t_bucket), -1, np.int32)
             last = np.zeros(rows, np.int32)
-            for j, r in enumerate(group):
-                n = min(len(r.todo), self.ec.prefill_chunk)
+            sizes = [self._chunk(len(r.todo)) for r in group]
+            for j, (r, n) in enumerate(zip(group, sizes, strict=True)):
                 tokens[j, :n] = r.todo[:n]
                 positions[j, :n] = np.arange(r.pos, r.pos + n)
                 last[j] = n - 1
@@ -554,8 +569,8 @@ class EngineCore:
             tok, lp = np.asarray(tok), np.asarray(lp)
             self.stats["prefill_s"] += time.perf_counter() - t0
             self.stats["prefill_calls"] += 1
-            for j, r in enumerate(group):
-                n = min(len(r.todo), self.ec.prefill_chunk)
+            self.stats["prefill_padded_tokens"] += rows * t_bucket
+            for j, (r, n) in enumerate(zip(group, sizes, strict=True)):
                 s = self.slots[r.slot]
                 s.tokens = np.concatenate([s.tokens, r.todo[:n]])
                 r.pos += n

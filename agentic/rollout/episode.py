@@ -73,7 +73,8 @@ class EpisodeConfig:
     An env may also announce a turn cut in `Observation.info["turn_cut"]`: an
     ordered list of strings. The first of them that occurs in a model turn's text
     ends the turn there (see `cut_turn`); the tokens after it are dropped, never
-    trained on, and the env receives the text up to and including it.
+    trained on, and the env receives the text up to and including it. An EOS right
+    after the cut is kept: the model learns to end its turn where the cut would.
     """
 
     max_turns: int = 4
@@ -179,6 +180,8 @@ async def run_episode(
                 raise GenerationAborted(f"turn {turn} of episode {episode_id} was aborted "
                                         f"({completion.matched or 'no reason given'})", completion)
             kept, action = cut_turn(list(completion.token_ids), turn_cut, tokenizer)
+            if completion.token_ids[kept:kept + 1] == (tokenizer.eos_token_id,):
+                kept += 1  # the model ended its turn right at the cut: keep (and train) its EOS
             turn_starts.append(len(tokens))
             versions.append(completion.weight_version)
             tokens += completion.token_ids[:kept]

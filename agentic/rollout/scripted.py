@@ -4,7 +4,8 @@
 `envs.search.policies.SearchThenAnswer`): given an episode's token history it
 decodes the newest observation, asks the policy for its action and returns the
 action's tokens, ended where an engine would end them (the request's stop
-strings, stop tokens and `max_new_tokens`). Run through the ordinary `Actor` and
+strings, stop tokens and `max_new_tokens`; an action the script completes ends
+with the request's first stop token, the EOS a model would emit). Run through the ordinary `Actor` and
 env hosts, it yields trajectories in exactly the layout RL episodes have (prompt
 and observations with loss mask 0, actions with loss mask 1), which a cold-start
 SFT phase trains on (`agentic.learner` policy loss "nll").
@@ -65,11 +66,13 @@ class ScriptedGenerator(Generator):
         """The action as an engine would return it: ended by a stop string, stop token or length."""
         checker = StopChecker(max_new_tokens=params.max_new_tokens, stop=params.stop,
                               stop_token_ids=params.stop_token_ids, tokenizer=self.tokenizer)
+        if params.stop_token_ids:  # the script's action is complete: a model ends its turn with EOS
+            action = action + [params.stop_token_ids[0]]
         for n in range(1, len(action) + 1):
             finish = checker.check(action[:n])
             if finish is not None:
                 return action[:n], finish
-        return action, Finish("stop")  # the script's action is complete (a model would emit EOS)
+        return action, Finish("stop")
 
     async def release(self, session_id: str) -> None:
         self._sessions.pop(session_id, None)

@@ -5,7 +5,7 @@ Quick start (the default data is an embedded synthetic world, so everything runs
     import agentic.env, envs.search
     world = envs.search.cached_world(num_passages=20_000, seed=0)   # built once under the cache dir
     env = agentic.env.make("search_r1")                              # BM25 over that same world
-    obs = await env.reset(world.train_tasks[0])                      # obs.info["stop"] = ["</search>", "</answer>"]
+    obs = await env.reset(world.train_tasks[0])                      # obs.info["stop"] = ["</search>"]
     step = await env.step("<think>...</think><search> Kalor Venthis </search>")
 
 Pieces:

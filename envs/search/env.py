@@ -128,7 +128,7 @@ class SearchR1Config:
     reward: str = "em"
     structure_format_score: float = 0.2
     final_format_score: float = 0.1
-    retrieval_score: float = 0.1
+    retrieval_score: float = 0.0  # Search-R1's v0.3 scripts run with reward_model.retrieval_score=0
     micro_batch: int = 256
     micro_batch_wait_ms: float = 5.0
 

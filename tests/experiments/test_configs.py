@@ -22,12 +22,49 @@ def test_variant_builds_learner_and_actor_configs(variant, tmp_path):
     assert f"search_r1.py:{variant} " in search_r1.__doc__ or variant == "default"
 
 
-def test_paper_recipe_numbers():
-    c = search_r1.get_config("qwen2_5_7b_tpu")
-    assert (c.actor.group_size, c.learner.lr, c.learner.kl_coef, c.learner.kl_estimator) == (5, 1e-6, 0.001, "low_var_kl")
-    assert (c.env.kwargs.max_turns, c.env.kwargs.topk, c.actor.max_new_tokens_per_turn) == (4, 3, 500)
-    assert (c.learner.batch_groups, c.total_steps) == (512, 1005)
-    assert search_r1.get_config("qwen2_5_7b_tpu_ppo").learner.algorithm == "ppo"
+@pytest.mark.parametrize("variant", ["qwen2_5_3b_tpu", "qwen2_5_7b_tpu"])
+def test_grpo_recipe_is_search_r1s_script(variant, tmp_path):
+    """Field by field against Search-R1's scripts/nq_hotpotqa/v0.2/train_grpo.sh (commit a14dc3a)."""
+    c = search_r1.get_config(variant)
+    lc = launcher.learner_config(c, str(tmp_path))
+    assert c.learner.batch_groups == 512                        # data.train_batch_size=512
+    assert c.actor.max_new_tokens_per_turn == 500                # data.max_response_length=500
+    assert c.env.kwargs.max_obs_tokens == 500                    # data.max_obs_length=500
+    assert lc.algorithm == "grpo"                                # algorithm.adv_estimator=grpo
+    assert lc.lr == 1e-6                                         # actor_rollout_ref.actor.optim.lr=1e-6
+    # actor.optim.lr_warmup_steps_ratio=0.285 of trainer.total_training_steps=1005 updates, each of
+    # two optimizer steps (actor.ppo_mini_batch_size=256 of the 512)
+    assert (lc.num_minibatches, lc.warmup_steps) == (2, 2 * 286)
+    assert (lc.kl_coef, lc.kl_estimator, lc.kl_mode) == (0.001, "low_var_kl", "loss")  # use_kl_loss=true,
+    # kl_loss_coef=0.001, kl_loss_type=low_var_kl
+    assert c.actor.group_size == 5                               # actor_rollout_ref.rollout.n_agent=5
+    assert c.actor.temperature == 1.0                            # actor_rollout_ref.rollout.temperature=1
+    assert c.actor.top_p == 0.95                                 # not set: verl's rollout default top_p 0.95
+    assert c.total_steps == 1005                                 # trainer.total_training_steps=1005
+    assert c.env.kwargs.max_turns == 4                           # max_turns=4
+    assert c.actor.max_turns == 5                                # 4 rounds of generate -> search + the final answer
+    assert c.env.kwargs.topk == 3                                # retriever.topk=3
+    assert c.env.kwargs.reward == "em"                           # v0.2 scores qa_em (v0.3: the format reward)
+
+
+@pytest.mark.parametrize("variant", ["qwen2_5_3b_tpu_ppo", "qwen2_5_7b_tpu_ppo"])
+def test_ppo_recipe_is_search_r1s_script(variant, tmp_path):
+    """Against scripts/nq_hotpotqa/v0.2/train_ppo.sh and verl's ppo_trainer.yaml defaults it relies on."""
+    c = search_r1.get_config(variant)
+    lc = launcher.learner_config(c, str(tmp_path))
+    assert lc.algorithm == "ppo" and c.actor.group_size == 1     # rollout.n_agent=1
+    assert c.actor.top_p == 1.0                                  # actor_rollout_ref.rollout.top_p=1.0
+    assert lc.value_lr == 1e-5                                   # critic.optim.lr=1e-5
+    assert (lc.kl_coef, lc.kl_mode, lc.kl_estimator) == (0.001, "reward", "k1")  # algorithm.kl_ctrl.kl_coef
+    assert (lc.gamma, lc.gae_lambda) == (1.0, 1.0)               # ppo_trainer.yaml algorithm.gamma / lam
+    assert lc.value_clip == 0.5                                  # ppo_trainer.yaml critic.cliprange_value
+    assert (c.env.kwargs.max_turns, c.actor.max_turns) == (4, 5)
+
+
+def test_turn_budget_has_one_owner():
+    c = search_r1.get_config("default")
+    c.env.kwargs.max_turns = 3
+    assert c.actor.max_turns == 4
 
 
 def test_unknown_variant_is_named():

@@ -103,6 +103,13 @@ def test_format_reward_option():
     assert play(env, TASK, ["<answer>Beijing</answer>"])[1][-1].reward == pytest.approx(0.8)
     env, _ = make(reward="em_format", structure_format_score=0.3)
     assert play(env, TASK, ["<think>t</think><answer>Rome</answer>"])[1][-1].reward == pytest.approx(0.3)
+    # A wrong, well-formed answer after a search that retrieved the gold answer: the v0.3 scripts
+    # run with retrieval_score=0 (the default here), so no bonus unless it is asked for.
+    wrong = ["<think>look up</think><search>capital of China</search>", "<think>t</think><answer>Rome</answer>"]
+    env, _ = make(reward="em_format")
+    assert play(env, TASK, wrong)[1][-1].reward == pytest.approx(0.2)
+    env, _ = make(reward="em_format", retrieval_score=0.1)
+    assert play(env, TASK, wrong)[1][-1].reward == pytest.approx(0.3)
 
 
 def test_observation_truncation_by_words_and_by_tokenizer():
