@@ -182,7 +182,7 @@ def actor_config(config: ml_collections.ConfigDict, *, eval_mode: bool = False) 
     episode = EpisodeConfig(
         max_turns=a.max_turns, max_new_tokens_per_turn=a.max_new_tokens_per_turn,
         max_total_tokens=a.max_total_tokens, temperature=0.0 if eval_mode else a.temperature,
-        top_p=1.0 if eval_mode else a.top_p)
+        top_p=1.0 if eval_mode else a.top_p, top_k=-1 if eval_mode else a.top_k)
     return ActorConfig(group_size=1 if eval_mode else a.group_size,
                        concurrent_groups=a.concurrent_groups * (a.group_size if eval_mode else 1),
                        episode_timeout_s=a.episode_timeout_s, episode=episode)

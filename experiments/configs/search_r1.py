@@ -45,6 +45,7 @@ lambda=1, gamma=1, a value head; one sample per prompt):
 
 import ml_collections
 
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -113,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.actor.max_total_tokens = 4096
     c.actor.temperature = 1.0
     c.actor.top_p = 0.95      # Search-R1's GRPO scripts leave the rollout default, 0.95
+    c.actor.top_k = -1        # -1: no top-k truncation
     c.actor.episode_timeout_s = 900.0
 
     c.queue = ml_collections.ConfigDict()

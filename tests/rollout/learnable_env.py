@@ -2,13 +2,12 @@
 
 Env hosts load it with `--import tests.rollout.learnable_env` (the launcher: `config.env.imports`).
 
-"spaces": two model turns. Each turn scores the share of its tokens that start a new word
-(spaces in the decoded text over `tokens_per_turn`, capped at 1). A random policy over
-SmolLM2's vocabulary starts near the share of space-led tokens in the vocabulary; the
-maximum is 1. Between the turns the env answers with a run of space-free text whose
-length grows with the first turn's score: an observation correlated with the reward, so
-a learner that wrongly trains on environment tokens is pulled away from the target.
-The reward of an episode is the mean of its two turn scores.
+"spaces": two model turns. A turn scores 1 if its text starts a new word (a leading space),
+else 0. A random policy (sampled from its top few tokens) starts near the share of
+space-led tokens among them; the maximum is 1. Between the turns the env answers with a run
+of space-free text, longer after a good first turn: an observation correlated with the
+reward, so a learner that wrongly trains on environment tokens is pulled towards
+space-free text. The reward of an episode is the mean of its two turn scores.
 """
 
 from __future__ import annotations
@@ -20,8 +19,7 @@ _NO_SPACE = "qzxvkjwfbhgmpdtcnlrsy"
 
 
 class SpacesEnv(Env):
-    def __init__(self, tokens_per_turn: int = 8, **_):
-        self.tokens_per_turn = tokens_per_turn
+    def __init__(self, **_):
         self.scores: list[float] = []
 
     async def reset(self, task: Task) -> Observation:
@@ -29,12 +27,12 @@ class SpacesEnv(Env):
         return Observation(text="Write some words:")
 
     def _score(self, action: str) -> float:
-        return min(action.count(" ") / self.tokens_per_turn, 1.0)
+        return float(action.startswith(" "))
 
     async def step(self, action: str) -> Step:
         self.scores.append(self._score(action))
         if len(self.scores) == 1:
-            n = round(4 * self.tokens_per_turn * self.scores[0])
+            n = 8 + round(24 * self.scores[0])
             return Step(observation="\n" + (_NO_SPACE * 8)[:n] + "\n", reward=self.scores[0] / 2)
         return Step(observation="", reward=self.scores[1] / 2, done=True,
                     info={"metrics": {"score": sum(self.scores) / 2}})

@@ -54,23 +54,25 @@ def learning_config():
     c = search_r1.get_config("test")
     c.env.name = "spaces"
     c.env.imports = "tests.rollout.learnable_env"
-    c.env.kwargs = {"tokens_per_turn": 8}
-    c.total_steps = 24
+    c.env.kwargs = {}
+    c.total_steps = 20
     c.eval_tasks = c.eval_quick_tasks = 0
     c.checkpoint_every = 1000
     c.sebulba.dynamic_sampling = False
     c.sebulba.learner_devices = 1       # tests see 8 CPU devices; one learner device is enough
     c.actor.group_size = 8
-    c.actor.concurrent_groups = 4
-    c.actor.max_new_tokens_per_turn = 8
+    c.actor.concurrent_groups = 2
+    c.actor.max_new_tokens_per_turn = 4
+    c.actor.temperature = 1.0
+    c.actor.top_k = 4                   # a random init over 49k tokens: sample among its top few
     c.actor.max_total_tokens = 256
     c.generator.max_slots = 32
     c.generator.max_seq_len = 256
-    c.learner.batch_groups = 4
+    c.learner.batch_groups = 2
     c.queue.capacity_groups = 16
     c.learner.policy_loss = "pg"        # the plain policy gradient: nothing but the signal itself
     c.learner.off_policy = "none"
-    c.learner.lr = 3e-3
+    c.learner.lr = 1e-2
     c.learner.seq_buckets = (128,)
     c.learner.micro_batch_size = 8
     return c
@@ -82,8 +84,8 @@ def test_reward_rises_from_start_to_near_max(tmp_path, monkeypatch):
     stats = launcher.train(learning_config(), workdir)
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rewards = [r["reward"] for r in rows if r["split"] == "train"]
-    assert stats["steps"] == 24 and len(rewards) == 24
+    assert stats["steps"] == 20 and len(rewards) == 20
     start, end = np.mean(rewards[:2]), np.mean(rewards[-3:])
     print(f"train reward per step: {np.round(rewards, 2).tolist()}")
     assert start < 0.7, f"the random policy already scores {start:.2f}: the env is not a learning test"
-    assert end > 0.9, f"reward went from {start:.2f} to {end:.2f} in 24 steps: RL did not learn"
+    assert end > 0.9, f"reward went from {start:.2f} to {end:.2f} in 20 steps: RL did not learn"
