@@ -173,7 +173,9 @@ def test_turn_is_cut_and_parsed_as_search_r1_does(host, tokenizer, tmp_path, tur
     kept_ids = traj.tokens[start:start + kept].tolist()
     assert tokenizer.decode(kept_ids, skip_special_tokens=True) == cut
     assert kept_ids == list(completions[0].token_ids[:kept])
-    assert kept_ids == tokenizer.encode(cut, add_special_tokens=False)
+    # an EOS the model emits right at the cut is kept (and trained): the model learns to stop there
+    eos = [tokenizer.eos_token_id] if kept_ids[-1:] == [tokenizer.eos_token_id] else []
+    assert kept_ids == tokenizer.encode(cut, add_special_tokens=False) + eos
     assert traj.behavior_logprobs[start:start + kept].tolist() == pytest.approx(completions[0].logprobs[:kept])
     assert not traj.behavior_logprobs[start + kept:end].any()
 

@@ -108,8 +108,6 @@ def test_format_reward_option():
     wrong = ["<think>look up</think><search>capital of China</search>", "<think>t</think><answer>Rome</answer>"]
     env, _ = make(reward="em_format")
     assert play(env, TASK, wrong)[1][-1].reward == pytest.approx(0.2)
-    env, _ = make(reward="em_format", retrieval_score=0.1)
-    assert play(env, TASK, wrong)[1][-1].reward == pytest.approx(0.3)
 
 
 def test_observation_truncation_by_words_and_by_tokenizer():
