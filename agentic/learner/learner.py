@@ -64,7 +64,8 @@ class LearnerConfig:
 
     Attributes:
       algorithm: advantage estimator: "grpo", "dr_grpo", "rloo" or "ppo" (GAE + value head).
-      policy_loss: "ppo_clip" (token-level clipped surrogate) or "pg" (no clipping).
+      policy_loss: "ppo_clip" (token-level clipped surrogate), "pg" (no clipping) or
+        "reinforce" (-A log pi, no ratio); see losses.py.
       lr, warmup_steps, schedule ("constant" | "cosine"), total_steps (cosine length),
         final_lr_ratio, weight_decay, adam_b1, adam_b2, adam_eps, max_grad_norm: AdamW.
       clip_eps_low, clip_eps_high: PPO ratio clip range [1 - low, 1 + high] (DAPO's clip-higher

@@ -20,6 +20,8 @@ loss_scale_factor, default the response length) only, not by N as well.
 Policy losses are registered by name in `POLICY_LOSSES`:
   "ppo_clip"  -A * clip(ratio), token-level, asymmetric eps (low, high), optional dual clip
   "pg"        -A * ratio (no clip; ratio's gradient is grad log pi)
+  "reinforce" -A * log pi (on-policy REINFORCE: no ratio, so no token is damped by a
+              behavior log-prob; every token the mask admits gets the full gradient)
   "nll"       -log pi (supervised fine-tuning on demonstrations; advantages ignored)
 """
 
@@ -106,6 +108,12 @@ def pg_loss(logp, old_logp, advantages, **_):
     """Importance-weighted policy gradient -r A (no clipping)."""
     ratio = jnp.exp(logp - old_logp)
     return -advantages * ratio, jnp.zeros_like(ratio)
+
+
+@POLICY_LOSSES.register("reinforce")
+def reinforce_loss(logp, old_logp, advantages, **_):
+    """REINFORCE -A log pi: the score-function gradient, with no importance ratio."""
+    return -advantages * logp, jnp.zeros_like(logp)
 
 
 def importance_weights(proximal_logp, behavior_logp, cap: float | None):

@@ -2,6 +2,7 @@
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -104,6 +105,11 @@ def test_ppo_clip_and_dual_clip():
     np.testing.assert_array_equal(clipped, [1, 0, 1, 1])
     loss, _ = losses.POLICY_LOSSES.get("pg")(logp, old, advs)
     np.testing.assert_allclose(loss, [-1.5, -0.5, 0.5, 4.0], rtol=1e-6)
+    # reinforce: -A log p, whatever the behavior log-prob (old) says
+    loss, _ = losses.POLICY_LOSSES.get("reinforce")(logp, old, advs)
+    np.testing.assert_allclose(loss, -np.asarray(advs) * np.asarray(logp), rtol=1e-6)
+    grad = jax.grad(lambda lp: losses.POLICY_LOSSES.get("reinforce")(lp, old, advs)[0].sum())(logp)
+    np.testing.assert_allclose(grad, -np.asarray(advs), rtol=1e-6)
     # nll ignores advantages: -log p = -log 1.5, -log 0.5, ...
     loss, _ = losses.POLICY_LOSSES.get("nll")(logp, old, advs)
     np.testing.assert_allclose(loss, [-math.log(1.5), math.log(2), math.log(2), -math.log(4)], rtol=1e-6)

@@ -4,10 +4,12 @@ Env hosts load it with `--import tests.rollout.learnable_env` (the launcher: `co
 
 "spaces": two model turns. A turn scores 1 if its text starts a new word (a leading space),
 else 0. A random policy (sampled from its top few tokens) starts near the share of
-space-led tokens among them; the maximum is 1. Between the turns the env answers with a run
-of space-free text, longer after a good first turn: an observation correlated with the
-reward, so a learner that wrongly trains on environment tokens is pulled towards
-space-free text. The reward of an episode is the mean of its two turn scores.
+space-led tokens among them; the maximum is 1. Between the turns the env answers with text
+that teaches the opposite of the reward: space-free text after a good first turn, a run of
+space-led words after a bad one. A learner that wrongly trains on environment tokens (with
+the episode's advantage) is pushed towards space-free tokens in good episodes and away
+from space-led ones in bad episodes, against the reward, by three times as many tokens as
+the policy's own. The reward of an episode is the mean of its two turn scores.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from __future__ import annotations
 from agentic.env.protocol import Env, Observation, Step, Task
 from agentic.env.registry import EnvSpec, register
 
-_NO_SPACE = "qzxvkjwfbhgmpdtcnlrsy"
+# Each line of a reply starts the way a turn starts (after a newline), so env tokens trained
+# on move exactly the choice the reward scores: "x" (space-free) after a good first turn,
+# " the" (space-led) after a bad one; 12 lines, about 25 tokens each.
+_GOOD_REPLY = "\nx" * 12 + "\n"
+_BAD_REPLY = "\n the" * 12 + "\n"
 
 
 class SpacesEnv(Env):
@@ -24,7 +30,7 @@ class SpacesEnv(Env):
 
     async def reset(self, task: Task) -> Observation:
         self.scores = []
-        return Observation(text="Write some words:")
+        return Observation(text="Write some words:\n")
 
     def _score(self, action: str) -> float:
         return float(action.startswith(" "))
@@ -32,8 +38,8 @@ class SpacesEnv(Env):
     async def step(self, action: str) -> Step:
         self.scores.append(self._score(action))
         if len(self.scores) == 1:
-            n = 8 + round(24 * self.scores[0])
-            return Step(observation="\n" + (_NO_SPACE * 8)[:n] + "\n", reward=self.scores[0] / 2)
+            reply = _GOOD_REPLY if self.scores[0] else _BAD_REPLY
+            return Step(observation=reply, reward=self.scores[0] / 2)
         return Step(observation="", reward=self.scores[1] / 2, done=True,
                     info={"metrics": {"score": sum(self.scores) / 2}})
 
