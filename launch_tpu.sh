@@ -225,7 +225,7 @@ for vm in "${ENV_VMS[@]}"; do
   # (Re)start the host in the background, then wait for its "ready" line (or show its log).
   start="cd ~/$REMOTE_DIR && { [ ! -f env_host.pid ] || kill \$(cat env_host.pid) 2>/dev/null || true; }"
   start+=" && chmod 600 $REMOTE_TOKEN && { nohup .venv/bin/python -m agentic.env.host --port $ENV_PORT"
-  start+=" --envs search_r1 --bind 0.0.0.0 --token-file $REMOTE_TOKEN --workers $ENV_WORKERS"
+  start+=" --envs search_r1 --import envs.search --bind 0.0.0.0 --token-file $REMOTE_TOKEN --workers $ENV_WORKERS"
   start+=" > env_host.log 2>&1 < /dev/null & echo \$! > env_host.pid; }"
   start+=" && for _ in \$(seq 120); do grep -q ' ready on ' env_host.log && exit 0; sleep 1; done;"
   start+=" cat env_host.log; exit 1"

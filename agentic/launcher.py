@@ -1,7 +1,10 @@
 """The Sebulba launcher: env hosts, generator, actors, trajectory queue and learner.
 
-`train(config, workdir)` reads top to bottom in stages (devices, model, data,
-env hosts, learner, generator, queue, actors, loop). What runs where:
+`train(config, workdir, experiment)` reads top to bottom in stages (env hosts, devices,
+model, tasks, generator, cold start, learner, queue, actors, loop). It knows no env: the
+experiment (`agentic.core.Experiment`) gives the tasks, the env kwargs, the cold start's
+scripted policy and the metrics to show; `config.env` names the env and the modules that
+register it. What runs where:
 
     main thread ── learner: queue.get ─► update ─► weight sync ─► log / checkpoint
     actor thread ── asyncio: Actor ── episodes ──► EnvClient (gRPC) ──► env host subprocesses
@@ -22,24 +25,26 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from agentic import models
+from agentic import models, sharding
 from agentic.async_thread import AsyncThread
+from agentic.batch_collector import BatchCollector
+from agentic.config import LEARNER_LOOP_FIELDS
+from agentic.core import Experiment, Generator, Task, Trajectory, TrajectoryQueue, WeightPublisher
 from agentic.env.local_hosts import local_env_hosts
-from agentic.learner import sharding
 from agentic.learner.learner import Learner, LearnerConfig
-from agentic.metrics import CompileClock, MetricsWriter, mean_metrics
+from agentic.metrics import CompileClock, MetricsWriter, StageClocks, mean_metrics
 from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
 from agentic.rollout.remote_env import RemoteEnv
-from agentic.rollout.trajectory import Trajectory
-from agentic.transport.queue import InProcessTrajectoryQueue, QueueClosed, QueueConfig, TrajectoryQueue
+from agentic.tasks import TaskStream
+from agentic.transport.queue import InProcessTrajectoryQueue, QueueClosed, QueueConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,64 +120,23 @@ def build_model(name: str, dtype: str):
     return models.load_model(name, dtype=dtype)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def load_tasks(data: ml_collections.ConfigDict) -> tuple[list[dict], list[dict]]:
-    """Train and held-out tasks: the synthetic world, or FlashRAG / Search-R1 files."""
-    if data.source == "synthetic":
-        from envs.search import world as world_lib
-
-        world = world_lib.build_world(num_passages=data.world_passages, seed=data.world_seed)
-        hops = set(data.hops)
-        return ([t for t in world.train_tasks if t["hops"] in hops],
-                [t for t in world.test_tasks if t["hops"] in hops])
-    from envs.search import data as data_lib
-
-    return data_lib.read_tasks(data.source), data_lib.read_tasks(data.eval_source or data.source)
-
-
-class TaskStream:
-    """Endless seeded shuffle of this process's shard of the tasks (a grain pipeline), resumable."""
-
-    def __init__(self, tasks: list[dict], seed: int, state: dict | None = None):
-        from envs.search.data import task_dataset
-
-        if not tasks:
-            raise ValueError("no training tasks: check config.data (source, hops)")
-        self._it = iter(task_dataset(tasks, seed=seed, shard_index=jax.process_index(),
-                                     shard_count=jax.process_count()))
-        if state:
-            self._it.set_state(state)
-
-    def __iter__(self) -> Iterator[dict]:
-        return self
-
-    def __next__(self) -> dict:
-        return next(self._it)
-
-    def state(self) -> dict:
-        return self._it.get_state()
-
-
 # ----------------------------------------------------------------------------- configs
 
 
 def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerConfig:
+    """config.learner (every LearnerConfig field but the loop's own, `agentic.config`) plus the
+    fields the loop owns. `config.total_steps` counts learner updates; the learner's schedule
+    counts optimizer steps, `num_minibatches` per update."""
     lc = config.learner.to_dict()
     lc.pop("batch_groups")
-    lc["mesh_shape"] = tuple(lc["mesh_shape"])
-    if "clip_eps" in lc:
-        lc["clip_eps_low"] = lc["clip_eps_high"] = lc.pop("clip_eps")
-    if "critic_lr" in lc:  # the paper's critic lr is our value head's
-        lc["value_lr"] = lc.pop("critic_lr")
-    known = {f.name for f in dataclasses.fields(LearnerConfig)}
-    unknown = sorted(set(lc) - known)
+    takes = {f.name for f in dataclasses.fields(LearnerConfig)} - set(LEARNER_LOOP_FIELDS)
+    unknown = sorted(set(lc) - takes)
     if unknown:
-        raise ValueError(f"config.learner has unknown fields {unknown}; LearnerConfig takes {sorted(known)}")
+        raise ValueError(f"config.learner has fields {unknown} the learner does not take from the config; "
+                         f"it takes {sorted(takes)} (and batch_groups)")
     return LearnerConfig(
-        **lc, total_steps=config.total_steps, temperature=config.actor.temperature, seed=config.seed,
-        checkpoint_dir=os.path.join(os.path.abspath(workdir), "checkpoints"),
+        **lc, total_steps=config.total_steps * lc.get("num_minibatches", 1), temperature=config.actor.temperature,
+        seed=config.seed, checkpoint_dir=os.path.join(os.path.abspath(workdir), "checkpoints"),
         keep_checkpoints=config.keep_checkpoints, checkpoint_every=1, distributed=False,
         max_policy_lag=config.queue.max_lag)
 
@@ -211,57 +175,42 @@ def build_generator(config, model_cfg, params, tokenizer, actor_devices, version
     raise ValueError(f"generator.backend must be 'engine' or 'sglang', got {g.backend!r}")
 
 
-class WeightSync:
-    """Moves learner params to the generator after each update (and times it)."""
+def weight_publisher(config, generator: Generator, model_cfg, tokenizer, actors: AsyncThread) -> WeightPublisher:
+    """How learner params reach `generator`: a device swap (engine) or export + update (SGLang)."""
+    if config.generator.backend == "engine":
+        from agentic.inference.engine import EngineWeights
 
-    def __init__(self, config, generator, model_cfg, tokenizer, actors: AsyncThread):
-        self.config, self.generator, self.model_cfg = config, generator, model_cfg
-        self.tokenizer, self.actors = tokenizer, actors
+        return EngineWeights(generator)
+    from agentic.inference.sglang_client import SGLangWeights
 
-    def __call__(self, params, version: int) -> float:
-        start = time.monotonic()
-        if self.config.generator.backend == "engine":
-            # Resharded onto the engine's devices; swapped between decode steps, no recompile.
-            # A copy: the learner donates its buffers to the next train step.
-            self.generator.update_params(jax.tree.map(lambda x: x.copy(), params), version)
-        else:
-            path = os.path.join(self.config.generator.weights_dir, f"version_{version:06d}")
-            models.export_hf(self.model_cfg, jax.device_get(params), path, tokenizer=self.tokenizer)
-            self.actors.run(self.generator.update_weights(path, version))
-        return time.monotonic() - start
+    return SGLangWeights(generator, config.generator.weights_dir, model_cfg, tokenizer, actors.run)
 
 
 # ----------------------------------------------------------------------------- eval
 
 
-def env_kwargs(config) -> dict:
-    """The env's keyword arguments; the synthetic world is the one the tasks come from."""
-    kwargs = config.env.kwargs.to_dict()
-    if config.data.source == "synthetic":
-        kwargs.update(world_passages=config.data.world_passages, world_seed=config.data.world_seed)
-    return kwargs
-
-
-def env_factory(config, env_client):
-    """Builds one remote episode of the configured env per call (the actor's `make_env`)."""
+def env_factory(name: str, kwargs: Mapping[str, Any], env_client):
+    """Builds one remote episode of env `name` per call (the actor's `make_env`)."""
+    kwargs = dict(kwargs)
 
     async def make_env():
-        return RemoteEnv(env_client, config.env.name, env_kwargs(config))
+        return RemoteEnv(env_client, name, kwargs)
 
     return make_env
 
 
-def evaluate(config, tasks, generator, tokenizer, env_client, actors: AsyncThread) -> dict[str, float]:
-    """Greedy episodes on held-out tasks; returns mean metrics (EM, reward, turns, ...) and its time."""
+def evaluate(tasks: Sequence[Task], *, actor_config: ActorConfig, make_env, generator: Generator, tokenizer,
+             actors: AsyncThread, seed: int) -> dict[str, float]:
+    """Episodes on held-out tasks (greedy, with `actor_config(config, eval_mode=True)`); returns
+    mean metrics (reward, the env's metrics, turns, ...), the episode count and its time."""
     results: list[list[Trajectory]] = []
     t = time.monotonic()
 
     async def sink(group):
         results.append(group)
 
-    actor = Actor(config=actor_config(config, eval_mode=True), generator=generator, tokenizer=tokenizer,
-                  make_env=env_factory(config, env_client), tasks=iter(tasks), sink=sink, seed=config.seed + 7,
-                  name="eval")
+    actor = Actor(config=actor_config, generator=generator, tokenizer=tokenizer, make_env=make_env,
+                  tasks=iter(tasks), sink=sink, seed=seed, name="eval")
     actors.run(actor.run())
     out = mean_metrics(results)
     out["episodes"] = float(len(results))
@@ -278,10 +227,11 @@ def has_checkpoint(workdir: str) -> bool:
     return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
 
 
-def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_client, actors, mesh, writer):
-    """Cold-start SFT on scripted demonstrations (collected through the env hosts); returns new params."""
+def warm_start(config, workdir, experiment: Experiment, model_cfg, params, tokenizer, make_env, actors, mesh,
+               writer):
+    """Cold-start SFT on the experiment's scripted demonstrations (collected through the env hosts,
+    kept by `experiment.keep_demo`); returns new params."""
     from agentic.rollout.scripted import ScriptedGenerator
-    from envs.search.policies import policy_for_prompt
 
     ws = config.warm_start
     t = time.monotonic()
@@ -294,18 +244,16 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
     # A scripted action is as long as it is (the policy, not the token cap, ends its turn).
     demo_config = dataclasses.replace(demo_config, episode=dataclasses.replace(
         demo_config.episode, max_new_tokens_per_turn=max(demo_config.episode.max_new_tokens_per_turn, 256)))
-    policy = policy_for_prompt(train_tasks, no_search_frac=ws.no_search_frac, seed=config.seed)
-    actor = Actor(config=demo_config, make_env=env_factory(config, env_client), sink=sink,
-                  generator=ScriptedGenerator(tokenizer, policy), tokenizer=tokenizer,
-                  tasks=TaskStream(train_tasks, config.seed + 1), name="demos")
+    actor = Actor(config=demo_config, make_env=make_env, sink=sink,
+                  generator=ScriptedGenerator(tokenizer, experiment.demo_policy), tokenizer=tokenizer,
+                  tasks=TaskStream(experiment.train_tasks, config.seed + 1), name="demos")
     actors.run(actor.run(max_groups=ws.demos))
-    # Searching demonstrations are kept when they found the answer; answer-at-once ones as they are.
-    demos = [tr for g in groups for tr in g if tr.metrics.get("em", 0.0) > 0 or tr.metrics.get("search_calls") == 0]
-    searched = sum(tr.metrics.get("search_calls", 0) > 0 for tr in demos)
-    print(f"warm start: {len(demos)} demonstrations of {ws.demos} ({searched} search, {len(demos) - searched} "
-          f"answer at once; {time.monotonic() - t:.1f}s, failures {dict(actor.failures)})", flush=True)
+    demos = [tr for g in groups for tr in g if experiment.keep_demo(tr)]
+    print(f"warm start: kept {len(demos)} demonstrations of {ws.demos} ({time.monotonic() - t:.1f}s, "
+          f"failures {dict(actor.failures)})", flush=True)
     if not demos:
-        raise RuntimeError("warm start: no successful demonstration; check the env and config.warm_start")
+        raise RuntimeError("warm start: no demonstration kept; check the env, the experiment's demo policy "
+                           "and config.warm_start")
     lc = learner_config(config, workdir).replace(
         policy_loss="nll", off_policy="none", kl_coef=0.0, lr=ws.lr, warmup_steps=0, schedule="constant",
         total_steps=ws.steps, checkpoint_dir=None, max_policy_lag=None)
@@ -313,7 +261,7 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
     for step in range(ws.steps):
         batch = [demos[(step * ws.batch + i) % len(demos)] for i in range(ws.batch)]
         m = sft.update(batch)
-        writer.write(step + 1, {"loss": m["learner/loss"], "tokens_per_s": m.get("perf/tokens_per_s", 0.0)},
+        writer.write(step + 1, {"loss": m["learner/loss"], "learner_tokens_per_s": m.get("perf/tokens_per_s", 0.0)},
                      prefix="warm_start", total=ws.steps)
     params = jax.tree.map(lambda x: x.copy(), sft.params)
     sft.close()
@@ -323,8 +271,8 @@ def warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_c
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Runs the experiment; returns final metrics (eval EM at the start, after the cold start,
+def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment) -> dict[str, Any]:
+    """Runs the experiment; returns final metrics (evals at the start, after the cold start,
     during RL and at the end, and where the time went)."""
     start = time.monotonic()
     compile_clock = CompileClock()
@@ -353,8 +301,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
               f"({time.monotonic() - t:.1f}s)", flush=True)
 
-        # ---- data
-        train_tasks, eval_tasks = load_tasks(config.data)
+        # ---- tasks
+        train_tasks, eval_tasks = list(experiment.train_tasks), list(experiment.eval_tasks)
         eval_tasks = eval_tasks[: config.eval_tasks]
         quick_tasks = eval_tasks[: config.eval_quick_tasks]
         print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval "
@@ -362,7 +310,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
         actors, env_client = actor_thread(addresses, stack, token=config.env.token or None)
 
-        writer = MetricsWriter(workdir, total_steps=config.total_steps)
+        make_env = env_factory(config.env.name, {**config.env.kwargs.to_dict(), **experiment.env_kwargs}, env_client)
+        writer = MetricsWriter(workdir, total_steps=config.total_steps, progress_metrics=experiment.progress_metrics)
         stack.callback(writer.close)
         mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
         fresh = not has_checkpoint(workdir)
@@ -371,10 +320,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         generator = build_generator(config, model_cfg, jax.tree.map(lambda x: x.copy(), params), tokenizer,
                                     actor_devs)
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
-        sync = WeightSync(config, generator, model_cfg, tokenizer, actors)
+        publisher = weight_publisher(config, generator, model_cfg, tokenizer, actors)
+
+        def sync(params, version: int) -> float:
+            t = time.monotonic()
+            publisher.publish(params, version)
+            return time.monotonic() - t
 
         def run_eval(step: int, tasks: list[dict], split: str) -> dict[str, float]:
-            ev = evaluate(config, tasks, generator, tokenizer, env_client, actors)
+            ev = evaluate(tasks, actor_config=actor_config(config, eval_mode=True), make_env=make_env,
+                          generator=generator, tokenizer=tokenizer, actors=actors, seed=config.seed + 7)
             writer.write(step, ev, prefix=split)
             return ev
 
@@ -384,7 +339,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
         # ---- warm start (cold-start SFT on demonstrations), only for a fresh run
         if fresh and config.warm_start.demos and config.warm_start.steps:
-            params = warm_start(config, workdir, model_cfg, params, tokenizer, train_tasks, env_client, actors,
+            if experiment.demo_policy is None:
+                raise ValueError("config.warm_start asks for demonstrations but the experiment has no demo_policy")
+            params = warm_start(config, workdir, experiment, model_cfg, params, tokenizer, make_env, actors,
                                 mesh, writer)
             sync(params, 0)
             if eval_tasks:
@@ -422,8 +379,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             except QueueClosed:  # shutting down: the learner takes no more groups
                 pass
 
-        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer,
-                      make_env=env_factory(config, env_client),
+        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
                       tasks=tasks, sink=sink, seed=config.seed + start_step)
         batches = BatchCollector(config, queue, actor, actors)
         stack.callback(batches.close)
@@ -463,7 +419,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                    **{f"queue/{k}": v for k, v in queue.stats().items()}, **batches.stats()}
             row.update(policy_lag=lag, env_failures=actor.stats()["env_failures"],
                        wait_s=wait_s, train_s=train_s, sync_s=sync_s, **clocks.step_times(),
-                       tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9))
+                       model_tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9),
+                       learner_tokens_per_s=m.get("perf/tokens_per_s", 0.0))
             if step % config.log_every == 0:
                 writer.write(step, row)
             if step % config.checkpoint_every == 0:
@@ -499,127 +456,6 @@ def final_eval_estimate(stats: dict[str, Any], n: int) -> float:
         return 0.0
     last = evals[-1]
     return last["time_s"] / max(last["episodes"], 1.0) * n
-
-
-class StageClocks:
-    """Where a loop step's time went: laps of the main thread plus the actors' occupancy clocks."""
-
-    def __init__(self, actor: Actor, compile_clock: CompileClock):
-        self.actor, self.compile_clock = actor, compile_clock
-        self.wait_total = 0.0
-        self.step_s = 0.0
-        self._laps = 0
-
-    def start_step(self):
-        now = time.monotonic()
-        self._step_start = self._lap_start = now
-        self._gen0, self._env0 = self.actor.clock.generate.total, self.actor.clock.env.total
-        self._compile0 = self.compile_clock.seconds
-        self._laps = 0
-
-    def lap(self) -> float:
-        now = time.monotonic()
-        dt, self._lap_start = now - self._lap_start, now
-        if self._laps == 0:
-            self.wait_total += dt
-        self._laps += 1
-        self.step_s = now - self._step_start
-        return dt
-
-    def step_times(self) -> dict[str, float]:
-        """generate_s / env_s: wall seconds with a generate / env call in flight during this step."""
-        return {"generate_s": self.actor.clock.generate.total - self._gen0,
-                "env_s": self.actor.clock.env.total - self._env0,
-                "compile_s": self.compile_clock.seconds - self._compile0, "step_s": self.step_s}
-
-
-class BatchCollector:
-    """Hands the loop `learner.batch_groups` groups per step, the Sebulba or the synchronous way.
-
-    async: the actor runs throughout (bounded by the queue and the max policy lag); the loop
-    takes groups from the queue. sync: the actor generates only while the loop waits for a
-    batch and is paused (its groups in flight drained) before the learner trains, so on a
-    small machine generation and training never compete for the same cores.
-
-    With `sebulba.dynamic_sampling`, groups whose rewards are all equal are set aside
-    (counted, not trained on: their GRPO advantages are zero, DAPO's dynamic sampling)
-    and generation goes on until the batch holds informative groups only, for at most
-    `sebulba.max_batch_rounds` batches' worth of generated groups per step (then the step
-    trains on what it has).
-    """
-
-    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor, actors: AsyncThread):
-        self.queue, self.actor, self.actors = queue, actor, actors
-        self.B = config.learner.batch_groups
-        self.sync = config.sebulba.mode == "sync"
-        self.dynamic = config.sebulba.dynamic_sampling
-        self.max_rounds = config.sebulba.max_batch_rounds
-        self.group_size = config.actor.group_size
-        self.uniform, self.trained_groups, self.stale_in_learner = 0, 0.0, 0.0
-        if self.sync:
-            actor.paused.clear()
-        self._future = actors.submit(actor.run())
-
-    def _set_paused(self, paused: bool):
-        """Pauses / resumes the actor; returns once its event loop has done it."""
-        async def flip():
-            (self.actor.paused.clear if paused else self.actor.paused.set)()
-
-        self.actors.run(flip(), timeout=30)
-
-    def next(self, stopping) -> list[list[Trajectory]] | None:
-        """The next batch of groups (None when stopping)."""
-        batch, spare = [], []
-        if self.sync:
-            self._set_paused(False)
-        budget = self.B * self.max_rounds
-        while len(batch) < self.B:
-            if stopping():
-                return None
-            got = self.queue.get(self.B - len(batch), timeout=1.0)
-            if self._future.done():
-                self._future.result()  # re-raises the actor's crash
-                raise RuntimeError("actor stopped before the learner finished")
-            for g in got:
-                budget -= 1
-                if self.dynamic and len({tr.reward for tr in g}) == 1:
-                    self.uniform += 1
-                    spare.append(g)
-                else:
-                    batch.append(g)
-            if budget <= 0 and len(batch) + len(spare) >= self.B:  # out of rounds: train on what there is
-                batch += spare[: self.B - len(batch)]
-                break
-        if self.sync:
-            self._set_paused(True)
-            while self.actor.busy._active and not stopping():  # drain: its groups land in the queue
-                time.sleep(0.01)
-        return batch
-
-    def record(self, learner_metrics: dict[str, float]) -> None:
-        """Counts what the learner trained on and dropped as stale in an update."""
-        self.trained_groups += learner_metrics.get("batch/trajectories", 0.0) / self.group_size
-        self.stale_in_learner += learner_metrics.get("batch/dropped_stale", 0.0) / self.group_size
-
-    def stats(self) -> dict[str, float]:
-        """Counts over the run so far: groups the actor generated, set aside as uniform, dropped as
-        stale (by the queue or the learner), trained on; and their fractions of the generated ones."""
-        generated = float(self.actor.groups_done)
-        stale = self.queue.stats().get("dropped_stale", 0.0) + self.stale_in_learner
-        g = max(generated, 1.0)
-        return {"groups_generated": generated, "groups_uniform": float(self.uniform),
-                "groups_stale": stale, "groups_trained": self.trained_groups,
-                "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g}
-
-    def close(self) -> None:
-        if self._future is None:
-            return
-        self.actor.stop()
-        self._set_paused(False)
-        self.queue.close()
-        with contextlib.suppress(Exception):
-            self._future.result(timeout=120)
-        self._future = None
 
 
 class _StopFlag:

@@ -12,15 +12,21 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-# Keys of the one-line progress summary, in order, with their formats.
+if TYPE_CHECKING:
+    from agentic.rollout.actor import Actor
+
+# Keys of the one-line progress summary, in order, with their formats; the experiment's own
+# metrics (`MetricsWriter(progress_metrics=...)`, e.g. "em") follow the reward.
 PROGRESS_KEYS = (
     ("reward", "reward {:.3f}"),
-    ("em", "EM {:.3f}"),
     ("turns", "turns {:.2f}"),
-    ("search_calls", "search {:.2f}"),
     ("episodes", "n {:.0f}"),
-    ("tokens_per_s", "tok/s {:.0f}"),
+    # model tokens of the step's episodes per second of the whole step (generation included), and
+    # the learner's own rate over every token it computed on (what bench/learner.py reports)
+    ("model_tokens_per_s", "tok/s {:.0f}"),
+    ("learner_tokens_per_s", "learner tok/s {:.0f}"),
     ("policy_lag", "lag {:.2f}"),
     ("env_failures", "env-fail {:.0f}"),
     ("learner/loss", "loss {:.4f}"),
@@ -60,9 +66,11 @@ class CompileClock:
 class MetricsWriter:
     """Writes scalars to TensorBoard (if available), JSONL and a progress line."""
 
-    def __init__(self, workdir: str, *, total_steps: int, stream=sys.stdout):
+    def __init__(self, workdir: str, *, total_steps: int, progress_metrics: tuple[str, ...] = (), stream=sys.stdout):
         os.makedirs(workdir, exist_ok=True)
         self.total_steps = total_steps
+        own = tuple((k, k + " {:.3f}") for k in progress_metrics if k not in dict(PROGRESS_KEYS))
+        self.progress_keys = PROGRESS_KEYS[:1] + own + PROGRESS_KEYS[1:]
         self.stream = stream
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
         self._start = time.monotonic()
@@ -83,7 +91,7 @@ class MetricsWriter:
             self._tb.flush()
         if quiet:
             return
-        parts = [fmt.format(clean[k]) for k, fmt in PROGRESS_KEYS if k in clean]
+        parts = [fmt.format(clean[k]) for k, fmt in self.progress_keys if k in clean]
         elapsed = time.monotonic() - self._start
         print(f"[{prefix} {step:>4}/{total or self.total_steps}] {elapsed:7.1f}s  " + "  ".join(parts),
               file=self.stream, flush=True)
@@ -114,3 +122,35 @@ def mean_metrics(groups) -> dict[str, float]:
         out[k] = sum(vals) / len(vals)
     out["episode_tokens"] = sum(len(t) for t in trajs) / len(trajs)
     return out
+
+
+class StageClocks:
+    """Where a loop step's time went: laps of the main thread plus the actors' occupancy clocks."""
+
+    def __init__(self, actor: Actor, compile_clock: CompileClock):
+        self.actor, self.compile_clock = actor, compile_clock
+        self.wait_total = 0.0
+        self.step_s = 0.0
+        self._laps = 0
+
+    def start_step(self):
+        now = time.monotonic()
+        self._step_start = self._lap_start = now
+        self._gen0, self._env0 = self.actor.clock.generate.total, self.actor.clock.env.total
+        self._compile0 = self.compile_clock.seconds
+        self._laps = 0
+
+    def lap(self) -> float:
+        now = time.monotonic()
+        dt, self._lap_start = now - self._lap_start, now
+        if self._laps == 0:
+            self.wait_total += dt
+        self._laps += 1
+        self.step_s = now - self._step_start
+        return dt
+
+    def step_times(self) -> dict[str, float]:
+        """generate_s / env_s: wall seconds with a generate / env call in flight during this step."""
+        return {"generate_s": self.actor.clock.generate.total - self._gen0,
+                "env_s": self.actor.clock.env.total - self._env0,
+                "compile_s": self.compile_clock.seconds - self._compile0, "step_s": self.step_s}

@@ -19,8 +19,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agentic import models  # noqa: E402
+from agentic.core import GenerateRequest, SamplingParams  # noqa: E402
 from agentic.inference.engine import EngineConfig, EngineCore  # noqa: E402
-from agentic.inference.protocol import GenerateRequest, SamplingParams  # noqa: E402
 
 
 def main():

@@ -36,8 +36,10 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from agentic.env.client import EnvClient  # noqa: E402
-from agentic.env.local_hosts import free_port  # noqa: E402
-from agentic.env.testing import HostProcess  # noqa: E402
+from agentic.env.local_hosts import (
+    HostProcess,  # noqa: E402
+    free_port,  # noqa: E402
+)
 from envs.game.player import play_transcript  # noqa: E402
 from envs.game.words import word_list  # noqa: E402
 
@@ -213,7 +215,7 @@ def main() -> None:
 
     proc, url = start_baseline(envs) if not a.skip_baseline else (None, None)
     try:
-        with HostProcess(envs, "--workers", str(a.workers), "--max-sessions", "20000") as host:
+        with HostProcess(envs, "--import", "envs", "--workers", str(a.workers), "--max-sessions", "20000") as host:
             ours, base = asyncio.run(sweep(host.address, url, envs, levels, a.episodes, scripts, a.limit_s,
                                            a.baseline_connections, host.proc.pid, proc.pid if proc else None))
     finally:

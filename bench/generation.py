@@ -102,7 +102,7 @@ def make_prompts(tokenizer, n: int, length: int) -> list[list[int]]:
 
 
 def run_ours(core, prompts, new_tokens):
-    from agentic.inference.protocol import GenerateRequest, SamplingParams
+    from agentic.core import GenerateRequest, SamplingParams
 
     params = SamplingParams(max_new_tokens=new_tokens, temperature=0.0, ignore_eos=True)
     core.flush_cache()  # no prefix reuse between timed runs

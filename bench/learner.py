@@ -35,10 +35,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from agentic import models  # noqa: E402
+from agentic.core import Trajectory  # noqa: E402
 from agentic.learner import Learner, LearnerConfig  # noqa: E402
 from agentic.learner.policy import train_flops  # noqa: E402
 from agentic.learner.testing import synthetic_trajectories  # noqa: E402
-from agentic.rollout.trajectory import Trajectory  # noqa: E402
 
 
 def matmul_flops_per_s(m: int, k: int, n: int, dtype, iters: int = 10) -> float:

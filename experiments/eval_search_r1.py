@@ -29,7 +29,6 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def datasets(config, paths, limit):
-    from agentic import launcher
     from envs.search import data as data_lib
 
     if paths:
@@ -38,7 +37,9 @@ def datasets(config, paths, limit):
             for t in data_lib.read_tasks(path):
                 tasks.setdefault(t.get("data_source") or os.path.basename(path), []).append(t)
     else:
-        _, held_out = launcher.load_tasks(config.data)
+        d = config.data
+        _, held_out = data_lib.load_tasks(d.source, eval_source=d.eval_source, world_passages=d.world_passages,
+                                          world_seed=d.world_seed, hops=tuple(d.hops))
         tasks = collections.defaultdict(list)
         for t in held_out:
             tasks[f"{config.data.source}-{t['hops']}hop" if "hops" in t else config.data.source].append(t)
@@ -50,6 +51,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     from agentic import launcher
     from agentic.learner.learner import Learner
+    from envs.search.experiment import experiment
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     sets = datasets(config, _DATA.value, _LIMIT.value)
@@ -66,8 +68,11 @@ def main(argv):
         generator = launcher.build_generator(config, model_cfg, learner.params, tokenizer,
                                              [learner.mesh.devices.flat[0]], version=step)
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
+        env_kwargs = {**config.env.kwargs.to_dict(), **experiment(config).env_kwargs}
+        make_env = launcher.env_factory(config.env.name, env_kwargs, env_client)
         for name, tasks in sets.items():
-            m = launcher.evaluate(config, tasks, generator, tokenizer, env_client, actors)
+            m = launcher.evaluate(tasks, actor_config=launcher.actor_config(config, eval_mode=True), make_env=make_env,
+                                  generator=generator, tokenizer=tokenizer, actors=actors, seed=config.seed + 7)
             results[name] = m
             print(f"step {step}  {name:<28} n={len(tasks):<5} EM {m.get('em', 0.0):.4f}  "
                   f"reward {m.get('reward', 0.0):.4f}  search {m.get('search_calls', 0.0):.2f}", flush=True)

@@ -92,7 +92,7 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
         c for c in find(commands, "gcloud", "compute", "ssh") if "agentic.env.host" in option(c, "--command")
     ]
     assert [c[3] for c in starts] == ["rl-test-env-1", "rl-test-env-2"]
-    assert "python -m agentic.env.host --port 50051 --envs search_r1 --bind 0.0.0.0 --token-file env_token" in option(
+    assert "python -m agentic.env.host --port 50051 --envs search_r1 --import envs.search --bind 0.0.0.0 --token-file env_token" in option(
         starts[0], "--command"
     )
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from agentic.core import Trajectory
 from agentic.env import EnvSpec
 from agentic.inference import SamplingParams
-from agentic.rollout.trajectory import Trajectory
 
 
 def test_sampling_params_reject_bad_values():

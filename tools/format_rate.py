@@ -16,8 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from agentic import models  # noqa: E402
+from agentic.core import GenerateRequest, SamplingParams  # noqa: E402
 from agentic.inference.engine import EngineConfig, JaxEngine  # noqa: E402
-from agentic.inference.protocol import GenerateRequest, SamplingParams  # noqa: E402
 from envs.search import cached_world, make_prompt  # noqa: E402
 
 

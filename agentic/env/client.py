@@ -62,6 +62,7 @@ from typing import Any
 
 import grpc
 
+from agentic.core import Observation, Step
 from agentic.env.errors import (
     EnvAuthError,
     EnvDeadlineExceeded,
@@ -76,7 +77,6 @@ from agentic.env.errors import (
 )
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc
-from agentic.env.protocol import Observation, Step
 
 # The metric `close()` returns for a session that ended without its metrics (its env's are gone).
 SESSION_LOST_METRIC = "session_lost"

@@ -18,7 +18,7 @@ import json
 import math
 from typing import Any
 
-from agentic.env.protocol import Env, Observation, Step
+from agentic.core import Env, Observation, Step
 from agentic.env.registry import EnvSpec
 
 GARBAGE_ACTIONS = (

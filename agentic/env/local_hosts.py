@@ -1,20 +1,28 @@
-"""Starts env hosts as local subprocesses (what the launcher does when no remote
-addresses are configured) and stops them with no orphans."""
+"""Env hosts as local subprocesses: what the launcher starts when no remote addresses are
+configured, and what tests and benchmarks serve envs from. One way to start them, stopped
+with no orphans.
+
+    with HostProcess(["echo"], "--import", "envs", "--workers", "2") as host:
+        client = EnvClient(host.address)
+"""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from agentic.env.workers import REPO_ROOT
+from agentic.process import die_with_parent
+
+_READY = re.compile(r"env host (\w+) ready on ([\d.:a-z]+):(\d+)")
 
 
 def free_port() -> int:
@@ -23,29 +31,85 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_healthy(address: str, timeout_s: float, proc: subprocess.Popen | None = None) -> None:
-    """Blocks until the host at `address` reports SERVING; raises with the cause otherwise."""
-    deadline = time.monotonic() + timeout_s
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"env host at {address} exited with code {proc.returncode} before serving")
-        with grpc.insecure_channel(address) as channel:
+class HostProcess:
+    """`python -m agentic.env.host --port 0 --envs ...` as a child process.
+
+    The child follows its parent (SIGTERM when the parent dies, even by SIGKILL), runs in its
+    own process group (Ctrl-C in a terminal reaches the parent, which then stops the host), and
+    is ready when it prints its "ready on" line (the port it bound is read from it).
+
+    Args:
+        envs: env kinds to serve.
+        *args: more host flags, e.g. "--workers", "2", "--import", "tests.env.faulty_env".
+        port: 0 picks a free port.
+        startup_timeout_s: how long to wait for the ready line.
+        cwd: the host's working directory (a module there can be given to `--import`).
+        token: the host requires it; handed over in the environment, not argv, so it stays out
+            of the process list. None: the host takes $AGENTIC_ENV_TOKEN, if set.
+        echo: also print the host's output lines (the launcher does; tests keep them in `output`).
+    """
+
+    def __init__(self, envs, *args: str, port: int = 0, startup_timeout_s: float = 60.0, cwd: str = REPO_ROOT,
+                 token: str | None = None, echo: bool = False):
+        self.cmd = [sys.executable, "-m", "agentic.env.host", "--envs", ",".join(envs), "--port", str(port),
+                    *args]
+        self.startup_timeout_s, self.cwd, self.token, self.echo = startup_timeout_s, cwd, token, echo
+        self.proc: subprocess.Popen | None = None
+        self.address = ""
+        self.host_id = ""
+        self.port = 0
+        self.output: list[str] = []
+
+    def start(self) -> HostProcess:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, env.get("PYTHONPATH")) if p)
+        if self.token:
+            env["AGENTIC_ENV_TOKEN"] = self.token
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                     cwd=self.cwd, text=True, bufsize=1, start_new_session=True,
+                                     preexec_fn=die_with_parent)
+        deadline = time.monotonic() + self.startup_timeout_s
+        ready = threading.Event()
+
+        def pump():
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip())
+                if self.echo:
+                    print(line, end="", flush=True)
+                m = _READY.search(line)
+                if m and not ready.is_set():
+                    self.host_id, self.port = m.group(1), int(m.group(3))
+                    self.address = f"127.0.0.1:{self.port}"
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        while not ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"env host did not start: {' '.join(self.cmd)}\n" + "\n".join(self.output[-30:]))
+        return self
+
+    def terminate(self, timeout: float = 30.0) -> int:
+        """SIGTERM (graceful drain) and wait; then SIGKILL its process group. Returns the exit code."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-            except grpc.RpcError as e:
-                last = e.code().name
-        time.sleep(0.2)
-    raise TimeoutError(f"env host at {address} not healthy after {timeout_s:.0f}s (last: {last})")
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.wait() if self.proc else 0
 
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when the parent dies, even by SIGKILL (Linux), so no host is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    def __enter__(self) -> HostProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.terminate(timeout=10)
 
 
 @contextlib.contextmanager
@@ -53,32 +117,15 @@ def local_env_hosts(envs: Sequence[str], count: int = 1, *, workers: int = 1, to
                     extra_args: Sequence[str] = (), startup_timeout_s: float = 120.0) -> Iterator[list[str]]:
     """Runs `count` env hosts serving `envs` on loopback; yields their addresses.
 
-    `token`: the hosts require it (`EnvClient(token=...)`); handed over in the environment, not argv,
-    so it stays out of the process list. None: the hosts take $AGENTIC_ENV_TOKEN, if set.
+    `token`: the hosts require it (`EnvClient(token=...)`). None: the hosts take
+    $AGENTIC_ENV_TOKEN, if set.
     """
-    procs: list[subprocess.Popen] = []
-    addresses: list[str] = []
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if token:
-        env["AGENTIC_ENV_TOKEN"] = token
+    hosts: list[HostProcess] = []
     try:
         for _ in range(count):
-            port = free_port()
-            cmd = [sys.executable, "-m", "agentic.env.host", "--port", str(port), "--envs", ",".join(envs),
-                   "--workers", str(workers), *extra_args]
-            # Own process group: Ctrl-C in the terminal reaches us, and we stop the host (and its workers) ourselves.
-            procs.append(subprocess.Popen(cmd, start_new_session=True, preexec_fn=_die_with_parent, env=env))
-            addresses.append(f"127.0.0.1:{port}")
-        for address, proc in zip(addresses, procs, strict=True):
-            wait_healthy(address, startup_timeout_s, proc)
-        yield addresses
+            hosts.append(HostProcess(envs, "--workers", str(workers), *extra_args, token=token, echo=True,
+                                     startup_timeout_s=startup_timeout_s).start())
+        yield [h.address for h in hosts]
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for h in hosts:
+            h.terminate(timeout=15)

@@ -1,8 +1,10 @@
 """Registry of env kinds by name, each with its resource spec.
 
 Adding an env is one file plus one `register(...)` line in its package's
-`__init__.py`; `envs/__init__.py` imports every package so that
-`import envs` registers them all.
+`__init__.py`. An env is registered when the module that defines it is imported:
+by the experiment that uses it, by the env host (`--import MODULE`, which the
+launcher passes from `config.env.imports`), or by `import envs` (every bundled
+env). The framework itself imports no env.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from agentic.env.protocol import Env
+from agentic.core import Env
+from agentic.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -52,26 +55,23 @@ class EnvSpec:
             raise ValueError(f"env {self.name!r}: step_deadline_s must be > 0, got {self.step_deadline_s}")
 
 
-_REGISTRY: dict[str, EnvSpec] = {}
+ENVS: Registry[EnvSpec] = Registry(
+    "env", hint="An env registers when its module is imported: import it in the experiment, pass "
+               "`--import MODULE` to the env host (the launcher passes config.env.imports), or "
+               "`--import envs` for every bundled env")
 
 
 def register(spec: EnvSpec) -> EnvSpec:
-    """Registers an env kind; re-registering the same name is an error."""
-    existing = _REGISTRY.get(spec.name)
-    if existing is not None and existing.factory is not spec.factory:
-        raise ValueError(f"env {spec.name!r} is already registered")
-    _REGISTRY[spec.name] = spec
-    return spec
+    """Registers an env kind; another spec under a registered name is an error."""
+    existing = ENVS.get(spec.name) if spec.name in ENVS else None
+    if existing is not None and existing.factory is spec.factory:
+        return existing  # the same module imported twice
+    return ENVS.add(spec.name, spec)
 
 
 def get_spec(name: str) -> EnvSpec:
-    """Returns the spec of a registered env, importing `envs` on first use."""
-    if name not in _REGISTRY:
-        import envs  # noqa: F401  (registers the bundled envs)
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown env {name!r}; registered: {sorted(_REGISTRY)}") from None
+    """The spec of a registered env; a miss lists the registered ones and how to register more."""
+    return ENVS.get(name)
 
 
 def make(name: str, **kwargs: Any) -> Env:
@@ -80,5 +80,4 @@ def make(name: str, **kwargs: Any) -> Env:
 
 
 def names() -> list[str]:
-    import envs  # noqa: F401
-    return sorted(_REGISTRY)
+    return ENVS.names()

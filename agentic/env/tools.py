@@ -26,6 +26,8 @@ import abc
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from agentic.registry import Registry
+
 
 class ToolError(Exception):
     """A tool call failed in a way the model should read about (bad arguments, nothing found)."""
@@ -51,32 +53,25 @@ class Tool(abc.ABC):
         """Releases per-episode resources."""
 
 
-_TOOLS: dict[str, Callable[..., Tool]] = {}
+TOOLS: Registry[Callable[..., Tool]] = Registry(
+    "tool", hint="A tool registers when its module is imported (e.g. `import envs.tools` for the calculator, "
+                "`import envs.code` for python)")
 
 
 def register_tool(name: str, factory: Callable[..., Tool]) -> None:
     """Registers a tool factory by name; re-registering a different factory is an error."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"tool name {name!r} must be non-empty [A-Za-z0-9_]")
-    if _TOOLS.get(name, factory) is not factory:
-        raise ValueError(f"tool {name!r} is already registered")
-    _TOOLS[name] = factory
+    TOOLS.add(name, factory)
 
 
 def make_tool(name: str, **kwargs: Any) -> Tool:
-    """Builds tool `name`, importing `envs` (which registers the bundled tools) on first use."""
-    if name not in _TOOLS:
-        import envs  # noqa: F401
-    try:
-        factory = _TOOLS[name]
-    except KeyError:
-        raise KeyError(f"unknown tool {name!r}; registered: {sorted(_TOOLS)}") from None
-    tool = factory(**kwargs)
+    """Builds tool `name` (a registered one)."""
+    tool = TOOLS.get(name)(**kwargs)
     if not tool.name:
         tool.name = name
     return tool
 
 
 def tool_names() -> list[str]:
-    import envs  # noqa: F401
-    return sorted(_TOOLS)
+    return TOOLS.names()

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
-import gc
 import importlib
 import json
 import os
@@ -25,11 +22,12 @@ import sys
 import traceback
 from typing import Any
 
+from agentic.core import Env, Observation, Step
 from agentic.env.errors import EnvError, clip
 from agentic.env.proto import env_service_pb2 as pb
-from agentic.env.protocol import Env, Observation, Step
 from agentic.env.registry import get_spec
 from agentic.env.wire import FrameWriter, read_frame, run_event_loop
+from agentic.process import die_with_parent, tune_gc
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 CLOSE_TIMEOUT_S = 5.0
@@ -194,12 +192,6 @@ class _Invalid(Exception):
     """The open request itself is bad (env kwargs the factory rejects)."""
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this process when the host dies, so no worker outlives its host."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 async def _serve(args: argparse.Namespace, in_fd: int, out_fd: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=1 << 20)
@@ -207,9 +199,7 @@ async def _serve(args: argparse.Namespace, in_fd: int, out_fd: int) -> None:
     transport, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(out_fd, "wb", 0))
     writer = FrameWriter(transport.write)
     worker = Worker(args.env, args.max_observation_bytes, writer)
-    gc.collect()  # see agentic.env.host._tune_gc
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     writer.send({"op": "ready", "pid": os.getpid()})
     while True:
         messages = await read_frame(reader)
@@ -230,10 +220,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--env", required=True, help="registered env name")
     parser.add_argument("--import", dest="imports", action="append", default=[],
-                        help="module to import first (registers envs defined outside `envs`)")
+                        help="module that registers the env (e.g. envs.search); repeatable")
     parser.add_argument("--max-observation-bytes", type=int, default=1 << 20)
     args = parser.parse_args(argv)
-    _die_with_parent()
+    die_with_parent(signal.SIGKILL)  # no worker outlives its host
     # Keep the frame pipes away from env code: fd 1 becomes stderr, fd 0 /dev/null.
     in_fd, out_fd = os.dup(0), os.dup(1)
     os.dup2(2, 1)

@@ -1,6 +1,6 @@
 """Generator protocol, embedded JAX engine, SGLang client and compatible server."""
 
-from agentic.inference.protocol import (
+from agentic.core import (
     Completion,
     GenerateRequest,
     Generator,

@@ -57,9 +57,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from agentic import models
+from agentic import models, sharding
+from agentic.core import Completion, GenerateRequest, Generator, GeneratorError, WeightPublisher
 from agentic.inference.decode_model import decode_forward
-from agentic.inference.protocol import Completion, GenerateRequest, Generator, GeneratorError
 from agentic.inference.sampling import sample
 from agentic.inference.stops import Finish, StopChecker, completion_text
 
@@ -143,22 +143,9 @@ def _lcp(a: np.ndarray, b: np.ndarray) -> int:
     return int(neq[0]) if len(neq) else m
 
 
-_RULES = {"heads": "model", "kv_heads": "model", "mlp": "model", "vocab": "model"}
-
-
 def param_shardings(config: models.ModelConfig, params: Any, mesh: Mesh) -> Any:
-    """NamedShardings for params: logical axes in _RULES split over "model" where divisible."""
-    axes = models.param_logical_axes(config)
-    n_model = mesh.shape["model"]
-
-    def spec(names, x):
-        parts = []
-        for name, dim in zip(names, x.shape, strict=True):
-            ax = _RULES.get(name) if name else None
-            parts.append(ax if ax and n_model > 1 and dim % n_model == 0 else None)
-        return NamedSharding(mesh, P(*parts))
-
-    return jax.tree.map(spec, axes, params, is_leaf=lambda x: isinstance(x, tuple))
+    """NamedShardings for params: heads, MLP and vocab split over "model" where divisible."""
+    return sharding.tree_shardings(params, models.param_logical_axes(config), mesh, sharding.ENGINE_RULES)
 
 
 # ----------------------------------------------------------------------------- request state
@@ -776,3 +763,15 @@ class JaxEngine(Generator):
         self._closed = True
         self._notify()
         self._thread.join(30)
+
+
+class EngineWeights(WeightPublisher):
+    """Publishes learner params to an embedded engine: resharded onto its devices and swapped
+    between decode steps, no recompile. A copy: the learner donates its buffers to its next step."""
+
+    def __init__(self, engine: JaxEngine):
+        self.engine = engine
+
+    def publish(self, params: Any, version: int) -> None:
+        self.engine.update_params(jax.tree.map(lambda x: x.copy(), params), version)
+

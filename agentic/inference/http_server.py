@@ -40,8 +40,8 @@ from typing import Any
 
 from aiohttp import web
 
+from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
-from agentic.inference.protocol import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from agentic.inference.protocol import Completion, GenerateRequest, GeneratorError, SamplingParams
+from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_api import ApiError, _is_int, _is_num, context_error
 from agentic.inference.stops import Finish, completion_text
 

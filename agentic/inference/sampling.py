@@ -1,7 +1,7 @@
 """On-device sampling with per-row temperature, top-k, top-p and seed.
 
 The returned log-prob is the protocol's behavior log-prob (see
-`agentic.inference.protocol`): `log_softmax(logits / temperature)[token]`
+`agentic.core.Completion`): `log_softmax(logits / temperature)[token]`
 *before* top-k / top-p truncation (temperature 0 -> greedy, scored under
 `log_softmax(logits)`), which is also what SGLang returns by default.
 

@@ -31,7 +31,7 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
-from agentic.inference.protocol import Completion, GenerateRequest, SamplingParams
+from agentic.core import Completion, GenerateRequest, SamplingParams
 
 
 class ApiError(ValueError):

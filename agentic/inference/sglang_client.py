@@ -53,20 +53,22 @@ import collections
 import dataclasses
 import itertools
 import logging
+import os
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
 
-from agentic.inference.protocol import (
+from agentic.core import (
     Completion,
     GenerateRequest,
     GenerationAborted,
     Generator,
     GeneratorError,
+    WeightPublisher,
 )
 from agentic.inference.sglang_api import error_message, parse_response, parse_weight_version, request_body
 
@@ -405,3 +407,27 @@ class SGLangClient(Generator):
         if versions and max(versions) >= 0:
             self._version = max(self._version, max(versions))
         return out
+
+
+class SGLangWeights(WeightPublisher):
+    """Publishes learner params to SGLang servers: exported as a Hugging Face checkpoint under
+    `weights_dir` (a path every server can read), then loaded by every server
+    (`SGLangClient.update_weights`). `run` runs a coroutine on the client's event loop."""
+
+    def __init__(self, client: SGLangClient, weights_dir: str, model_config: Any, tokenizer: Any,
+                 run: Callable[[Coroutine], Any]):
+        if not weights_dir:
+            raise ValueError("publishing weights to SGLang servers needs generator.weights_dir, a path every "
+                             "server can read")
+        self.client, self.weights_dir, self.model_config, self.tokenizer, self.run = (
+            client, weights_dir, model_config, tokenizer, run)
+
+    def publish(self, params: Any, version: int) -> None:
+        import jax
+
+        from agentic import models
+
+        path = os.path.join(self.weights_dir, f"version_{version:06d}")
+        models.export_hf(self.model_config, jax.device_get(params), path, tokenizer=self.tokenizer)
+        self.run(self.client.update_weights(path, version))
+

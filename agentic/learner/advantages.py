@@ -21,7 +21,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from agentic.learner.registry import Registry
+from agentic.registry import Registry
 
 
 class AdvantageInputs(NamedTuple):

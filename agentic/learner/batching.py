@@ -31,8 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agentic.core import Trajectory
 from agentic.learner.losses import seq_scale
-from agentic.rollout.trajectory import Trajectory
 
 
 def seq_bucket(length: int, buckets: Sequence[int]) -> int:
@@ -210,14 +210,22 @@ def plan_packing(lengths: np.ndarray, *, seq_buckets: Sequence[int], micro_batch
                     segment_ids=seg.reshape(shape), positions=pos.reshape(shape))
 
 
-def loss_weights(ep: Episodes, mode: str, norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+def loss_counts(ep: Episodes) -> np.ndarray:
+    """[model tokens, sequences with model tokens] of `ep`: what loss aggregation divides by."""
+    seq_tokens = ep.mask.sum(-1)
+    return np.array([seq_tokens.sum(), (seq_tokens > 0).sum()], np.float64)
+
+
+def loss_weights(ep: Episodes, mode: str, norm: float | None = None,
+                 totals: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(loss-aggregation weights, token-mean weights) [N, L] for the episodes `ep`.
 
-    The second is mask / (model tokens in `ep`): the weights of per-token metrics.
+    The second is mask / (model tokens): the weights of per-token metrics. `totals`: the
+    `loss_counts` of the whole optimizer mini-batch when `ep` is only part of it (this
+    process's share of a multi-process batch); default `loss_counts(ep)`.
     """
     seq_tokens = ep.mask.sum(-1)
-    num_tokens = seq_tokens.sum()
-    num_seqs = (seq_tokens > 0).sum()
+    num_tokens, num_seqs = loss_counts(ep) if totals is None else totals
     scale = seq_scale(mode, seq_tokens, num_tokens=num_tokens, num_seqs=num_seqs, norm=norm)
     return (ep.mask * scale[:, None]).astype(np.float32), (ep.mask / max(num_tokens, 1)).astype(np.float32)
 

@@ -44,14 +44,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from agentic import models
+from agentic import models, sharding
+from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, losses, optimizer, sharding
+from agentic.learner import batching, losses, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
 from agentic.learner.train_step import make_score_fn, make_train_step
 from agentic.models import ModelConfig
-from agentic.rollout.trajectory import Trajectory
 
 OFF_POLICY_MODES = ("none", "tis", "decoupled")
 KL_MODES = ("loss", "reward")
@@ -433,7 +433,11 @@ class Learner:
         returns = None if returns is None else np.asarray(returns)[:N]
 
         for rows, plan, sub, b in zip(minis, plans, subs, batches, strict=True):
-            w, mw = batching.loss_weights(sub, c.loss_agg_mode, self._agg_norm)
+            # Normalized over the global mini-batch: every process's tokens and sequences.
+            totals = batching.loss_counts(sub)
+            if jax.process_count() > 1:
+                totals = multihost_utils.process_allgather(totals).reshape(-1, 2).sum(0)
+            w, mw = batching.loss_weights(sub, c.loss_agg_mode, self._agg_norm, totals=totals)
             b.update(weights=plan.pack(w), mean_weights=plan.pack(mw), advantages=plan.pack(advantages[rows]),
                      behavior_logprobs=plan.pack(sub.behavior_logprobs))
             if need_prox:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agentic.rollout.trajectory import Trajectory
+from agentic.core import Trajectory
 
 
 def synthetic_trajectories(seed: int, step: int = 0, *, groups: int = 4, group_size: int = 4, vocab: int = 256,

@@ -13,6 +13,7 @@ import dataclasses
 import os
 
 from agentic.models.config import ModelConfig
+from agentic.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,23 +22,19 @@ class ModelSpec:
     source: str | None = None  # see module docstring
 
 
-_REGISTRY: dict[str, ModelSpec] = {}
+MODELS: Registry[ModelSpec] = Registry("model", hint="a checkpoint directory path also works as a name")
 
 
 def register(name: str, config: ModelConfig, source: str | None = None) -> None:
-    if name in _REGISTRY:
-        raise ValueError(f"model {name!r} already registered")
-    _REGISTRY[name] = ModelSpec(config=config, source=source)
+    MODELS.add(name, ModelSpec(config=config, source=source))
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def get_spec(name: str) -> ModelSpec:
-    if name not in _REGISTRY:
-        raise KeyError(f"unknown model {name!r}; registered: {', '.join(list_models())}")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def get_config(name: str) -> ModelConfig:

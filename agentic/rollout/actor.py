@@ -18,10 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from agentic.env.protocol import Task
-from agentic.inference.protocol import Generator
+from agentic.core import Generator, Task, Trajectory
 from agentic.rollout.episode import EnvSession, EpisodeClock, EpisodeConfig, TextCodec, run_episode
-from agentic.rollout.trajectory import Trajectory
 
 log = logging.getLogger(__name__)
 

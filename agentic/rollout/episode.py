@@ -17,9 +17,16 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agentic.env.protocol import Observation, Step, Task
-from agentic.inference.protocol import GenerateRequest, GenerationAborted, Generator, SamplingParams
-from agentic.rollout.trajectory import Trajectory
+from agentic.core import (
+    GenerateRequest,
+    GenerationAborted,
+    Generator,
+    Observation,
+    SamplingParams,
+    Step,
+    Task,
+    Trajectory,
+)
 
 
 class EnvSession(Protocol):

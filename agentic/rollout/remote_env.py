@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from agentic.core import Observation, Step, Task
 from agentic.env.client import EnvClient, Session
-from agentic.env.protocol import Observation, Step, Task
 
 
 class RemoteEnv:

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agentic.inference.protocol import Completion, GenerateRequest, Generator, SamplingParams
+from agentic.core import Completion, GenerateRequest, Generator, SamplingParams
 from agentic.inference.stops import Finish, StopChecker
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agentic.rollout.trajectory import Trajectory
+from agentic.core import Trajectory
 from agentic.transport.proto import trajectory_queue_pb2 as pb
 from agentic.transport.queue import Group, validate_group
 

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from agentic.rollout.trajectory import Trajectory
+from agentic.core import Trajectory
 from agentic.transport import codec
 from agentic.transport.proto import trajectory_queue_pb2 as pb
 from agentic.transport.proto import trajectory_queue_pb2_grpc as pb_grpc

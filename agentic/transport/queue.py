@@ -1,4 +1,4 @@
-"""The trajectory queue between actors and learner: interface and in-process implementation.
+"""The trajectory queue between actors and learner, in process (the interface is `agentic.core.TrajectoryQueue`).
 
 Actors `put` whole GRPO groups (the n trajectories of one task, delivered together);
 the learner `get`s a number of groups per step. The queue is:
@@ -20,7 +20,6 @@ and without borrowing executor threads (the actor's loop). `GrpcTrajectoryQueue`
 
 from __future__ import annotations
 
-import abc
 import asyncio
 import collections
 import dataclasses
@@ -28,9 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from agentic.rollout.trajectory import Trajectory
-
-Group = list[Trajectory]
+from agentic.core import Group, Trajectory, TrajectoryQueue
 
 
 class QueueError(RuntimeError):
@@ -74,12 +71,8 @@ class QueueConfig:
 
 
 def validate_group(group: Sequence[Trajectory]) -> None:
-    """Checks that `group` can travel as one GRPO group; raises ValueError naming the field.
-
-    Trajectory's own constructor already checks that its per-token arrays have one
-    length; this re-checks them (arrays may have been replaced after construction) and
-    checks the group as a whole.
-    """
+    """Checks that `group` can travel as one GRPO group (each Trajectory checked its own
+    arrays when it was built, and cannot change since); raises ValueError naming the field."""
     if len(group) == 0:
         raise ValueError("group is empty: put whole GRPO groups (the n samples of one task)")
     group_id = group[0].group_id
@@ -91,68 +84,11 @@ def validate_group(group: Sequence[Trajectory]) -> None:
                 f"group[{i}].group_id={traj.group_id!r} differs from group[0].group_id={group_id!r}: "
                 "a group holds the samples of one task"
             )
-        n = len(traj.tokens)
-        for name in ("loss_mask", "behavior_logprobs", "token_rewards"):
-            array = getattr(traj, name)
-            if array is not None and len(array) != n:
-                raise ValueError(f"group[{i}].{name} has {len(array)} values, tokens has {n}")
-        if not 0 <= traj.prompt_len <= n:
-            raise ValueError(f"group[{i}].prompt_len={traj.prompt_len} is outside [0, {n}] (len(tokens))")
-        bad = [s for s in traj.turn_starts if not 0 <= s <= n]
-        if bad:
-            raise ValueError(f"group[{i}].turn_starts has {bad} outside [0, {n}] (len(tokens))")
 
 
 def group_version(group: Sequence[Trajectory]) -> int:
     """The policy version of a group: the oldest version that produced any of its tokens."""
     return min(t.policy_version for t in group)
-
-
-class TrajectoryQueue(abc.ABC):
-    """What actors and learner see, in process or over gRPC.
-
-    Timeouts are in seconds; `None` waits forever (until the queue is closed).
-    """
-
-    @abc.abstractmethod
-    def put(self, group: Sequence[Trajectory], timeout: float | None = None) -> bool:
-        """Adds one whole group, waiting while the queue is full.
-
-        Returns:
-          True when the group was accepted (a group that is already stale is
-          accepted and dropped, and counted), False when `timeout` passed first.
-        Raises:
-          ValueError: the group is malformed (empty, mixed group ids, ragged arrays).
-          QueueClosed: the queue is (or gets) closed.
-        """
-
-    @abc.abstractmethod
-    def get(self, num_groups: int, timeout: float | None = None) -> list[Group]:
-        """Returns up to `num_groups` groups, waiting until that many are available.
-
-        At the timeout, returns what is available (possibly nothing).
-        Raises QueueClosed when the queue is (or gets) closed.
-        """
-
-    @abc.abstractmethod
-    async def aput(self, group: Sequence[Trajectory], timeout: float | None = None) -> bool:
-        """`put` for asyncio code: waits without blocking the event loop."""
-
-    @abc.abstractmethod
-    async def aget(self, num_groups: int, timeout: float | None = None) -> list[Group]:
-        """`get` for asyncio code: waits without blocking the event loop."""
-
-    @abc.abstractmethod
-    def set_learner_version(self, version: int) -> None:
-        """Announces the learner's weight version; drops groups that became stale."""
-
-    @abc.abstractmethod
-    def stats(self) -> dict[str, int | float]:
-        """Counters (groups) and wait times (seconds); see `InProcessTrajectoryQueue.stats`."""
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Closes the queue; every waiter raises QueueClosed. Idempotent."""
 
 
 @dataclasses.dataclass(eq=False)

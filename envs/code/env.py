@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from agentic.env.tools import Tool, ToolError
 from envs.code.sandbox import SandboxLimits, run_python
 

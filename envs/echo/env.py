@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 
 
 class EchoEnv(Env):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import re
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from envs.game.words import word_list, word_set
 
 GREEN, YELLOW, GRAY = "G", "Y", "_"

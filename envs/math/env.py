@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from envs.math.checker import extract_answer, is_equivalent
 
 

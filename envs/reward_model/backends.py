@@ -16,7 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from agentic.inference.protocol import Completion, GenerateRequest, Generator
+from agentic.core import Completion, GenerateRequest, Generator
+from agentic.registry import Registry
 
 
 class TextCodec(Protocol):
@@ -49,24 +50,23 @@ class FixedJudge(Generator):
 
 
 BackendFactory = Callable[..., "tuple[Generator, TextCodec]"]
-_BACKENDS: dict[str, BackendFactory] = {}
+BACKENDS: Registry[BackendFactory] = Registry("judge backend")
 _SHARED: dict[tuple, tuple[Generator, TextCodec]] = {}
 _LOCK = threading.Lock()
 
 
 def register_judge_backend(name: str, factory: BackendFactory) -> None:
-    _BACKENDS[name] = factory
+    BACKENDS.add(name, factory)
 
 
 def judge_backend(name: str, **kwargs: Any) -> tuple[Generator, TextCodec]:
     """The (generator, codec) of backend `name`; one instance per (name, kwargs) per worker process,
     shared by all its sessions (a connection pool to the judge, not one per episode)."""
-    if name not in _BACKENDS:
-        raise ValueError(f"unknown judge backend {name!r}; registered: {sorted(_BACKENDS)}")
+    factory = BACKENDS.get(name)
     key = (name, repr(sorted(kwargs.items())))
     with _LOCK:
         if key not in _SHARED:
-            _SHARED[key] = _BACKENDS[name](**kwargs)
+            _SHARED[key] = factory(**kwargs)
         return _SHARED[key]
 
 

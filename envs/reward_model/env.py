@@ -5,8 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agentic.env.protocol import Env, Observation, Step, Task
-from agentic.inference.protocol import GenerateRequest, Generator, GeneratorError, SamplingParams
+from agentic.core import (
+    Env,
+    GenerateRequest,
+    Generator,
+    GeneratorError,
+    Observation,
+    SamplingParams,
+    Step,
+    Task,
+)
 from envs.reward_model.backends import TextCodec, judge_backend
 from envs.reward_model.judge import JUDGE_TEMPLATE, judge_prompt, parse_score
 

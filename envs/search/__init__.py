@@ -25,7 +25,9 @@ Pieces:
   * `retrieval_server`: `python -m envs.search.retrieval_server --port 8000 [--index DIR]`, a
     Search-R1 compatible `POST /retrieve` server.
   * `data`: readers for wiki-18 corpora, FlashRAG QA files and Search-R1 parquet rows, and
-    `task_dataset`, a grain pipeline (seeded shuffle, per-process shards, checkpointable state).
+    `load_tasks`, an experiment's train / held-out tasks (the synthetic world or those files).
+  * `experiment`: what the training loop needs of a Search-R1 run (tasks, env kwargs, the
+    scripted cold-start policy, which demonstrations to keep, EM on the progress line).
   * `policies`: scripted policies (search-then-answer, no-search) used as sanity baselines.
 """
 

@@ -113,23 +113,15 @@ def read_tasks(path: str) -> list[dict[str, Any]]:
             else qa_row_to_task(r, i) for i, r in enumerate(rows)]
 
 
-def task_dataset(tasks: Sequence[Mapping[str, Any]], *, seed: int, shuffle: bool = True,
-                 num_epochs: int | None = None, shard_index: int = 0, shard_count: int = 1):
-    """A grain `IterDataset` over tasks: sharded per process, reshuffled every epoch with `seed`.
+def load_tasks(source: str, *, eval_source: str = "", world_passages: int = 0, world_seed: int = 0,
+               hops: Sequence[int] = (1, 2)) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Train and held-out tasks: the synthetic world's (`source="synthetic"`, questions of the given
+    hop counts), or FlashRAG / Search-R1 files (`eval_source` for held-out, else `source`)."""
+    if source == "synthetic":
+        from envs.search import world as world_lib
 
-    Process `shard_index` of `shard_count` sees tasks `shard_index::shard_count` (disjoint shards).
-    `num_epochs=None` repeats forever. Iterate with `it = iter(ds)`; `it.get_state()` is a small
-    JSON-serializable dict and `it.set_state(state)` resumes exactly (checkpoint it with the model).
-    """
-    import grain
-
-    if not 0 <= shard_index < shard_count:
-        raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-    ds = grain.MapDataset.source(list(tasks))[shard_index::shard_count]
-    if len(ds) == 0:
-        raise ValueError(f"shard {shard_index}/{shard_count} of {len(tasks)} tasks is empty")
-    if shuffle:
-        ds = ds.shuffle(seed=seed)
-    if num_epochs != 1:
-        ds = ds.repeat(num_epochs)
-    return ds.to_iter_dataset()
+        world = world_lib.build_world(num_passages=world_passages, seed=world_seed)
+        wanted = set(hops)
+        return ([t for t in world.train_tasks if t["hops"] in wanted],
+                [t for t in world.test_tasks if t["hops"] in wanted])
+    return read_tasks(source), read_tasks(eval_source or source)

@@ -48,7 +48,7 @@ import re
 import threading
 from typing import Any
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from envs.search import rewards
 from envs.search.batching import MicroBatcher
 

@@ -1,5 +1,6 @@
 """ToolEnv (Hermes/Qwen2.5 <tool_call> format over registered tools) and the calculator tool."""
 
+import envs.code  # noqa: F401  (registers the "python" tool ToolEnv offers by default)
 from agentic.env.registry import EnvSpec, register
 from agentic.env.tools import register_tool
 from envs.tools.calculator import Calculator

@@ -26,7 +26,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from agentic.env.tools import Tool, ToolError, make_tool
 from envs.math.checker import is_equivalent
 
@@ -56,19 +56,23 @@ class ToolEnv(Env):
     """Composes registered tools (see `agentic.env.tools`) into a multi-turn tool-use episode.
 
     Env kwargs: `tools` (names, default ["calculator", "python"]), `tool_kwargs` ({name: kwargs}),
-    `max_turns` (8), `max_calls_per_turn` (8), `call_timeout_s` (30).
+    `max_turns` (8), `max_calls_per_turn` (8), `call_timeout_s` (30), `instructions_in_prompt`
+    (False): put the tool instructions (the system prompt) in front of the task's prompt and end
+    each model turn at its first `</tool_call>` or `</answer>` (`Observation.info["stop"]`), the
+    continuation-style episode (as Search-R1's) for models run without a tools chat template.
     Task: `{"prompt": str, "answer": str | list[str] (optional)}`.
     """
 
     def __init__(self, tools: Sequence[str] = ("calculator", "python"),
                  tool_kwargs: Mapping[str, Mapping[str, Any]] | None = None, max_turns: int = 8,
-                 max_calls_per_turn: int = 8, call_timeout_s: float = 30.0):
+                 max_calls_per_turn: int = 8, call_timeout_s: float = 30.0, instructions_in_prompt: bool = False):
         tool_kwargs = dict(tool_kwargs or {})
         unknown = set(tool_kwargs) - set(tools)
         if unknown:
             raise ValueError(f"tool_kwargs for tools not in `tools`: {sorted(unknown)}")
         self.tools: dict[str, Tool] = {name: make_tool(name, **tool_kwargs.get(name, {})) for name in tools}
         self.max_turns, self.max_calls_per_turn, self.call_timeout_s = max_turns, max_calls_per_turn, call_timeout_s
+        self.instructions_in_prompt = instructions_in_prompt
         self.golds: list[str] = []
         self.turns = self.calls = self.errors = 0
         self.correct = False
@@ -82,8 +86,11 @@ class ToolEnv(Env):
         prompt = str(task.get("prompt") or task.get("question") or "")
         if not prompt:
             raise ValueError("tools task needs 'prompt'")
-        return Observation(text=prompt, info={"system": self.system_prompt(),
-                                              "tools": [t.schema() for t in self.tools.values()]})
+        info: dict[str, Any] = {"system": self.system_prompt(), "tools": [t.schema() for t in self.tools.values()]}
+        if self.instructions_in_prompt:
+            prompt = f"{info['system']}\n\n{prompt}"
+            info["stop"] = ["</tool_call>", "</answer>"]
+        return Observation(text=prompt, info=info)
 
     async def step(self, action: str) -> Step:
         self.turns += 1

@@ -43,7 +43,15 @@ lambda=1, gamma=1, a value head; one sample per prompt):
       --workdir=gs://BUCKET/search_r1_7b_ppo
 """
 
+import os
+import sys
+
 import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from agentic.config import LEARNER_LOOP_FIELDS, section  # noqa: E402
+from agentic.learner.learner import LearnerConfig  # noqa: E402
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -77,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.env.name = "search_r1"
     c.env.hosts = ""          # comma-separated host:port of running env hosts; empty = start one here
     c.env.num_local_hosts = 1
-    c.env.imports = ""        # comma-separated modules local env hosts import first (envs registered outside envs/)
+    c.env.imports = "envs.search"  # comma-separated modules that register the env (local env hosts import them)
     c.env.token = ""          # env hosts' shared secret; "" = $AGENTIC_ENV_TOKEN (launch_tpu.sh sets it) or none
     c.env.kwargs = ml_collections.ConfigDict()  # forwarded to the env at session open (JSON)
     c.env.kwargs.max_turns = 4
@@ -85,7 +93,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.env.kwargs.max_obs_tokens = 500
     c.env.kwargs.retriever = "bm25"     # "bm25" | "dense" | "http" (a Search-R1 /retrieve server)
     c.env.kwargs.reward = "em"          # "em" | "em_format" (Search-R1 v0.3 format reward)
-    # With data.source == "synthetic" the launcher adds world_passages / world_seed from c.data.
+    # With data.source == "synthetic" the experiment (envs/search/experiment.py) adds world_passages /
+    # world_seed from c.data.
     # See envs/search/env.py SearchR1Config for every knob (retrieval_url, index_dir, obs_tokenizer...).
 
     c.data = ml_collections.ConfigDict()
@@ -131,23 +140,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.sebulba.dynamic_sampling = False  # set aside groups whose rewards are all equal (zero GRPO advantage)
     c.sebulba.max_batch_rounds = 4      # dynamic sampling: at most this many batches' worth of groups per step
 
-    c.learner = ml_collections.ConfigDict()
-    c.learner.algorithm = "grpo"
-    c.learner.batch_groups = 512        # prompts per learner step (x group_size trajectories)
-    c.learner.lr = 1e-6
-    c.learner.warmup_steps = 0
-    c.learner.schedule = "constant"
-    c.learner.kl_coef = 0.001
-    c.learner.kl_estimator = "low_var_kl"
-    c.learner.entropy_coef = 0.0
-    c.learner.clip_eps = 0.2
-    c.learner.loss_agg_mode = "token-mean"
-    c.learner.micro_batch_size = 8
-    c.learner.min_micro_batches = 1     # pad updates to this many micro-batches (empty ones are skipped)
-    c.learner.max_grad_norm = 1.0
-    c.learner.remat = True
-    c.learner.compute_dtype = "bfloat16"
-    c.learner.mesh_shape = (-1, 1, 1)   # (data, fsdp, tensor); -1 = all learner devices
+    # Every LearnerConfig field (agentic/learner/learner.py documents them), under its own name:
+    # --config.learner.FIELD=V reaches each one. The loop owns the few it sets itself
+    # (agentic.config.LEARNER_LOOP_FIELDS).
+    c.learner = section(
+        LearnerConfig, exclude=LEARNER_LOOP_FIELDS, algorithm="grpo", lr=1e-6, kl_coef=0.001,
+        kl_estimator="low_var_kl", clip_eps_low=0.2, clip_eps_high=0.2, loss_agg_mode="token-mean",
+        micro_batch_size=8, min_micro_batches=1,  # pad updates to this many micro-batches (empty ones skipped)
+        max_grad_norm=1.0, remat=True, compute_dtype="bfloat16",
+        mesh_shape=(-1, 1, 1))             # (data, fsdp, tensor); -1 = all learner devices
+    c.learner.batch_groups = 512        # prompts per learner step (x group_size trajectories); the loop's
     return c
 
 
@@ -172,7 +174,7 @@ def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
         c.learner.algorithm = "ppo"
         c.actor.top_p = 1.0  # the PPO scripts set top_p=1.0
         c.actor.group_size = 1
-        c.learner.critic_lr = 1e-5
+        c.learner.value_lr = 1e-5      # critic.optim.lr: the value head's lr here
         c.learner.gae_lambda = 1.0
         c.learner.gamma = 1.0
         # PPO's KL is verl's reward penalty (algorithm.kl_ctrl.kl_coef=0.001, kl_penalty "kl" = k1)

@@ -12,7 +12,7 @@ import signal
 import struct
 import time
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from agentic.env.registry import EnvSpec, register
 
 

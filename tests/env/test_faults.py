@@ -11,8 +11,8 @@ import time
 
 from agentic.env.client import EnvClient
 from agentic.env.errors import EnvError
+from agentic.env.local_hosts import HostProcess
 from agentic.env.proto import env_service_pb2 as pb
-from agentic.env.testing import HostProcess
 
 WORKERS = {"echo": 2, "faulty": 2, "sluggish": 1}
 PLAYERS = 240  # concurrent episodes, each played back to back for the length of the fault window
@@ -91,7 +91,7 @@ async def _killer(client, spare: set[int], kills: list[int]):
 
 def test_random_worker_kills_and_a_hang_lose_no_episode():
     workers = ",".join(f"{k}={n}" for k, n in WORKERS.items())
-    with HostProcess(list(WORKERS), "--import", "tests.env.faulty_env", "--workers", workers,
+    with HostProcess(list(WORKERS), "--import", "envs", "--import", "tests.env.faulty_env", "--workers", workers,
                      "--max-sessions", "1000") as host:
         async def body():
             async with EnvClient(host.address) as client:

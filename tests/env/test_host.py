@@ -22,16 +22,16 @@ from agentic.env.errors import (
     SessionLost,
     SessionNotFound,
 )
+from agentic.env.local_hosts import HostProcess
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc
-from agentic.env.testing import HostProcess
 
 FAULTY = ("--import", "tests.env.faulty_env")
 
 
 @pytest.fixture(scope="module")
 def host():
-    with HostProcess(["echo", "faulty", "tiny", "leaky", "sluggish"], *FAULTY, "--workers", "faulty=2",
+    with HostProcess(["echo", "faulty", "tiny", "leaky", "sluggish"], "--import", "envs", *FAULTY, "--workers", "faulty=2",
                      "--max-observation-bytes", "4096") as h:
         yield h
 
@@ -252,7 +252,7 @@ def test_thousand_concurrent_echo_episodes_none_lost(host):
 
 
 def test_host_restart_reports_lost_sessions_and_places_new_ones():
-    first = HostProcess(["echo"]).start()
+    first = HostProcess(["echo"], "--import", "envs").start()
     port = first.port
     second = None
     try:
@@ -262,7 +262,7 @@ def test_host_restart_reports_lost_sessions_and_places_new_ones():
             first.kill()
             with pytest.raises(SessionLost):
                 await client.step(sessions[0][0], "a")
-            second = HostProcess(["echo"], port=port).start()
+            second = HostProcess(["echo"], "--import", "envs", port=port).start()
             await client.refresh()
             errors = []
             for s, _ in sessions[1:]:

@@ -13,13 +13,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentic.env.client import EnvClient
 from agentic.env.errors import EnvAuthError, EnvHostUnavailable, SessionLost
-from agentic.env.host import HostConfig
-from agentic.env.local_hosts import local_env_hosts
-from agentic.env.testing import HostProcess
+from agentic.env.host_config import HostConfig
+from agentic.env.local_hosts import HostProcess, local_env_hosts
 
 
 def test_placement_spreads_sessions_and_fails_over_to_healthy_hosts():
-    a, b = HostProcess(["echo"]).start(), HostProcess(["echo"]).start()
+    a, b = HostProcess(["echo"], "--import", "envs").start(), HostProcess(["echo"], "--import", "envs").start()
     try:
         async def body():
             async with EnvClient([a.address, b.address]) as client:
@@ -53,7 +52,7 @@ def test_token_auth_over_tls(tmp_path):
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     root = cert.read_bytes()
-    with HostProcess(["echo"], "--token", "s3cret", "--tls-cert", str(cert), "--tls-key", str(key)) as host:
+    with HostProcess(["echo"], "--import", "envs", "--token", "s3cret", "--tls-cert", str(cert), "--tls-key", str(key)) as host:
         async def attempt(**kw):
             async with EnvClient(host.address, connect_timeout_s=2, **kw) as client:
                 session, _ = await client.open("echo")
@@ -127,7 +126,7 @@ async def _step_once(address, **kw):
 def test_token_file_guards_a_host_on_every_interface(tmp_path):
     token = tmp_path / "env_token"
     token.write_text("per-run-secret\n")
-    with HostProcess(["echo"], "--bind", "0.0.0.0", "--token-file", str(token)) as host:
+    with HostProcess(["echo"], "--import", "envs", "--bind", "0.0.0.0", "--token-file", str(token)) as host:
         assert asyncio.run(_step_once(host.address, token="per-run-secret")) == "hi"
         with pytest.raises(EnvAuthError):
             asyncio.run(_step_once(host.address, token="guess"))
@@ -135,7 +134,7 @@ def test_token_file_guards_a_host_on_every_interface(tmp_path):
 
 
 def test_local_env_hosts_take_the_token_as_an_argument():
-    with local_env_hosts(["echo"], token="launcher-secret") as (address,):
+    with local_env_hosts(["echo"], token="launcher-secret", extra_args=["--import", "envs"]) as (address,):
         assert asyncio.run(_step_once(address, token="launcher-secret")) == "hi"
         with pytest.raises(EnvAuthError):
             asyncio.run(_step_once(address, token="other"))

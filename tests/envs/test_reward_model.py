@@ -4,21 +4,22 @@ import asyncio
 
 import pytest
 
-from agentic.inference.protocol import Completion, GenerateRequest, Generator
+from agentic.core import Completion, Generator
 from envs.reward_model.backends import ByteCodec
 from envs.reward_model.env import RewardModelEnv, make_reward_model_env
-from envs.reward_model.judge import parse_score
+from envs.reward_model.judge import judge_prompt, parse_score
 
 
 class FakeJudge(Generator):
     """Scores 9 when the response mentions the reference, else 2; remembers the prompts it saw."""
 
     def __init__(self):
-        self.prompts = []
+        self.prompts, self.requests = [], []
 
     async def generate(self, requests):
         out = []
         for r in requests:
+            self.requests.append(r)
             prompt = ByteCodec().decode(r.prompt_ids)
             self.prompts.append((prompt, r.params))
             response = prompt.split("Response:\n", 1)[1]
@@ -63,11 +64,16 @@ def test_parse_score_forms_and_registry_backend():
     env = make_reward_model_env(backend="fixed", backend_kwargs={"reply": "Score: 5"})
     asyncio.run(env.reset({"prompt": "q"}))
     assert asyncio.run(env.step("a")).reward == 0.5
-    with pytest.raises(ValueError, match="unknown judge backend"):
+    with pytest.raises(KeyError, match="unknown judge backend"):
         make_reward_model_env(backend="nope")
 
 
 def test_generate_request_is_token_in():
+    """What the judge was sent: the judge prompt as token ids (the codec's), greedy, with its budget."""
     judge = FakeJudge()
     grade(judge, "Paris")
-    assert isinstance(GenerateRequest(prompt_ids=ByteCodec().encode("x")).prompt_ids[0], int)
+    (request,) = judge.requests
+    expected = judge_prompt("Capital of France?", "Paris", "Paris", 10)
+    assert list(request.prompt_ids) == ByteCodec().encode(expected)
+    assert all(type(t) is int for t in request.prompt_ids)
+    assert request.params.temperature == 0.0 and request.params.max_new_tokens == 256

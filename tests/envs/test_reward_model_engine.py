@@ -8,9 +8,11 @@ import jax
 import pytest
 
 from agentic import models
+from agentic.core import GenerateRequest, SamplingParams
 from agentic.inference.engine import EngineConfig, JaxEngine
 from envs.reward_model.backends import ByteCodec
 from envs.reward_model.env import RewardModelEnv
+from envs.reward_model.judge import judge_prompt, parse_score
 
 
 class ByteTokenizer(ByteCodec):
@@ -39,6 +41,16 @@ def test_reward_model_env_with_the_jax_engine():
         return step
 
     step = asyncio.run(episode())
-    assert step.done and 0.0 <= step.reward <= 1.0
-    assert isinstance(step.info["judge"], str)
-    assert step.info.get("judge_parse_error", False) == (step.info["metrics"]["judge_parsed"] == 0.0)
+    # The reward is what the engine's own reply determines: its greedy completion of the judge
+    # prompt, decoded and parsed (0 and a flag when it holds no score).
+    want = JaxEngine(config, params, ByteTokenizer(), EngineConfig(num_slots=1, max_len=1024, prefill_chunk=1024,
+                                                                   min_prefill_bucket=1024))
+    prompt = judge_prompt("What is 2 + 2?", "4", "4", 10)
+    reply = asyncio.run(want.generate_one(GenerateRequest(
+        prompt_ids=ByteCodec().encode(prompt), params=SamplingParams(max_new_tokens=8, temperature=0.0))))
+    want.close_sync()
+    text = reply.text if reply.text is not None else ByteCodec().decode(reply.token_ids)
+    assert step.done and step.info["judge"] == text[-2000:]
+    score = parse_score(text)
+    assert step.reward == (score or 0.0)
+    assert step.info.get("judge_parse_error", False) == (score is None)

@@ -1,14 +1,22 @@
 """Every Search-R1 variant loads; the TPU recipes build their mesh and shard a full-size model
 on 8 fake CPU devices (tests/conftest.py)."""
 
+import dataclasses
+import os
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
 
-from agentic import launcher, models
+from agentic import launcher, models, sharding
+from agentic.config import LEARNER_LOOP_FIELDS
 from agentic.learner import learner as learner_lib
-from agentic.learner import sharding
-from experiments.configs import search_r1
+from agentic.learner.learner import LearnerConfig
+from experiments.configs import search_r1, tool_math
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.mark.parametrize("variant", sorted(v for v in search_r1.VARIANTS if v))
@@ -16,7 +24,8 @@ def test_variant_builds_learner_and_actor_configs(variant, tmp_path):
     config = search_r1.get_config(variant)
     lc = launcher.learner_config(config, str(tmp_path))
     ac = launcher.actor_config(config)
-    assert lc.total_steps == config.total_steps and ac.group_size == config.actor.group_size
+    assert lc.total_steps == config.total_steps * config.learner.num_minibatches  # updates -> optimizer steps
+    assert ac.group_size == config.actor.group_size
     assert config.queue.capacity_groups >= config.learner.batch_groups
     # The config documents the command that runs each variant.
     assert f"search_r1.py:{variant} " in search_r1.__doc__ or variant == "default"
@@ -90,3 +99,36 @@ def test_tpu_config_builds_its_mesh_on_8_devices(variant):
             assert dim % n == 0, (variant, shape.shape, sh.spec)
             sharded += n > 1
     assert sharded > 0  # FSDP actually splits the weights
+
+
+EXPERIMENTS = {"search_r1": search_r1, "tool_math": tool_math}
+VARIANTS = [(name, v) for name, mod in EXPERIMENTS.items() for v in mod.VARIANTS if v]
+
+
+@pytest.mark.parametrize(("experiment", "variant"), VARIANTS)
+def test_every_learner_field_is_in_the_config_under_its_own_name(experiment, variant, tmp_path):
+    c = EXPERIMENTS[experiment].get_config(variant)
+    fields = {f.name for f in dataclasses.fields(LearnerConfig)}
+    assert set(c.learner) == (fields - set(LEARNER_LOOP_FIELDS)) | {"batch_groups"}
+    lc = launcher.learner_config(c, str(tmp_path))  # every key consumed: none left over, none renamed
+    for name in set(c.learner) - {"batch_groups"}:
+        want = c.learner[name]
+        assert getattr(lc, name) == (tuple(want) if isinstance(want, (list, tuple)) else want), name
+    assert lc.total_steps == c.total_steps * c.learner.num_minibatches  # learner updates -> optimizer steps
+
+
+def test_optional_learner_fields_take_an_override():
+    c = search_r1.get_config("test")
+    c.learner.dual_clip = 3.0             # None by default, typed: settable from the command line
+    c.learner.off_policy = "none"
+    lc = launcher.learner_config(c, "/tmp/unused")
+    assert (lc.dual_clip, lc.off_policy) == (3.0, "none")
+
+
+def test_a_misspelled_override_fails_naming_the_valid_fields():
+    out = subprocess.run([sys.executable, "experiments/search_r1.py", "--config=experiments/configs/search_r1.py:test",
+                          "--workdir=/tmp/never_written", "--config.learner.off_policy=none", "--config.learner.lrr=1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "unknown config field 'learner.lrr': config.learner has [" in out.stderr
+    assert "'lr'" in out.stderr and "'off_policy'" in out.stderr and "Traceback" not in out.stderr

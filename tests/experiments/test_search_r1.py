@@ -81,7 +81,7 @@ def test_killed_run_resumes_and_finishes(tmp_path):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     train = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2]
-    for key in ("reward", "em", "turns", "search_calls", "tokens_per_s", "policy_lag", "env_failures", "learner/loss"):
+    for key in ("reward", "em", "turns", "search_calls", "model_tokens_per_s", "learner_tokens_per_s", "policy_lag", "env_failures", "learner/loss"):
         assert any(key in r for r in train), key
     assert any(r["split"] == "eval" and r["step"] == 2 for r in rows)
     assert os.path.exists(os.path.join(workdir, "curves.png"))

@@ -9,8 +9,8 @@ import jax
 import numpy as np
 import pytest
 
+from agentic.core import GenerateRequest, SamplingParams
 from agentic.inference.engine import EngineCore, JaxEngine
-from agentic.inference.protocol import GenerateRequest, SamplingParams
 from tests.inference.conftest import ENGINE_CONFIG, EOS, prompt_of, scaled_params
 
 GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)

@@ -10,9 +10,9 @@ import numpy as np
 import portpicker
 import pytest
 
+from agentic.core import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
 from agentic.inference.http_server import SGLangServer, start_server
-from agentic.inference.protocol import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_client import SGLangClient
 from tests.inference.conftest import EOS, prompt_of, scaled_params
 

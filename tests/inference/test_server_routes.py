@@ -10,7 +10,7 @@ import aiohttp
 import openai
 import pytest
 
-from agentic.inference.protocol import GenerateRequest, GeneratorError, SamplingParams
+from agentic.core import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_client import SGLangClient
 from tests.inference.conftest import EOS
 from tests.inference.test_server_client import serving

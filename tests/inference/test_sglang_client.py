@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from agentic.inference.protocol import GenerateRequest, GeneratorError, SamplingParams
+from agentic.core import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.sglang_client import GenerationAborted, SGLangClient
 from tests.inference.sglang_standin import StandInSGLang, start_standin
 

@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from agentic.core import Trajectory
 from agentic.learner import advantages as A
 from agentic.learner import batching, losses
-from agentic.rollout.trajectory import Trajectory
 
 
 def _outcome_inputs():

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from agentic.learner.optimizer import learning_rate_schedule, make_optimizer
-from agentic.learner.sharding import make_mesh, spec_for
+from agentic.sharding import make_mesh, spec_for
 
 
 def test_logical_axes_map_to_mesh_axes_with_fallbacks():

@@ -9,9 +9,9 @@ import pytest
 
 from agentic import models
 from agentic.learner import Learner, LearnerConfig
-from agentic.learner.sharding import make_mesh, spec_for
 from agentic.learner.testing import synthetic_trajectories
 from agentic.learner.train_step import micro_loss
+from agentic.sharding import make_mesh, spec_for
 
 TINY = models.get_config("tiny")
 CFG = LearnerConfig(algorithm="grpo", lr=1e-2, adam_eps=1e-4, micro_batch_size=8, seq_buckets=(32, 64, 128),

@@ -144,7 +144,7 @@ def test_swiglu_gradient_equals_autodiff():
 
     ks = jax.random.split(jax.random.key(4), 5)
     x, w = jax.random.normal(ks[0], (7, 16)) * 2.0, jax.random.normal(ks[4], (7, 16))
-    wg, wu, wd = (jax.random.normal(k, s) * 0.3 for k, s in zip(ks[1:4], [(16, 24), (16, 24), (24, 16)]))
+    wg, wu, wd = (jax.random.normal(k, s) * 0.3 for k, s in zip(ks[1:4], [(16, 24), (16, 24), (24, 16)], strict=True))
 
     def plain(x, wg, wu, wd):
         return (jax.nn.silu(x @ wg) * (x @ wu)) @ wd
@@ -197,7 +197,7 @@ def test_blocked_attention_gradients_match_autodiff_reference():
     for block in (5, 8, T):
         out = blocked_attention(q, k, v, mask, block)
         np.testing.assert_allclose(out, ref(q, k, v), atol=1e-5)
-        got = jax.grad(lambda q, k, v: (blocked_attention(q, k, v, mask, block) * w).sum(), argnums=(0, 1, 2))(q, k, v)
+        got = jax.grad(lambda q, k, v, block=block: (blocked_attention(q, k, v, mask, block) * w).sum(), argnums=(0, 1, 2))(q, k, v)
         want = jax.grad(lambda q, k, v: (ref(q, k, v) * w).sum(), argnums=(0, 1, 2))(q, k, v)
         for a, b in zip(got, want, strict=True):
             np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)

@@ -14,7 +14,7 @@ the policy's own. The reward of an episode is the mean of its two turn scores.
 
 from __future__ import annotations
 
-from agentic.env.protocol import Env, Observation, Step, Task
+from agentic.core import Env, Observation, Step, Task
 from agentic.env.registry import EnvSpec, register
 
 # Each line of a reply starts the way a turn starts (after a newline), so env tokens trained

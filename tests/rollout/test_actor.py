@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from agentic import models
-from agentic.env.protocol import Step
+from agentic.core import Step
 from agentic.inference.engine import EngineConfig, JaxEngine
 from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig

@@ -23,6 +23,7 @@ import os
 import numpy as np
 
 from agentic import launcher
+from agentic.core import Experiment
 from agentic.learner import advantages, batching
 from experiments.configs import search_r1
 
@@ -37,7 +38,7 @@ def break_learning_signal(monkeypatch, how: str) -> None:
             adv, returns = grpo(inputs, **kw)
             return -adv, returns
 
-        monkeypatch.setitem(advantages.ESTIMATORS._fns, "grpo", flipped)
+        monkeypatch.setitem(advantages.ESTIMATORS._values, "grpo", flipped)
     elif how == "loss_mask":
         make = batching.make_episodes
 
@@ -83,7 +84,8 @@ def learning_config():
 def test_reward_rises_from_start_to_near_max(tmp_path, monkeypatch):
     break_learning_signal(monkeypatch, BREAK)
     workdir = str(tmp_path / "run")
-    stats = launcher.train(learning_config(), workdir)
+    tasks = [{"id": i} for i in range(64)]  # the env ignores the task: every episode is the same game
+    stats = launcher.train(learning_config(), workdir, Experiment(train_tasks=tasks))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rewards = [r["reward"] for r in rows if r["split"] == "train"]
     assert stats["steps"] == 15 and len(rewards) == 15

@@ -11,7 +11,7 @@ import pytest
 
 from agentic import models
 from agentic.env.client import EnvClient
-from agentic.env.testing import HostProcess
+from agentic.env.local_hosts import HostProcess
 from agentic.rollout.episode import EpisodeConfig, run_episode
 from agentic.rollout.remote_env import RemoteEnv
 from agentic.rollout.scripted import ScriptedGenerator
@@ -27,7 +27,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def host():
-    with HostProcess(["search_r1"]) as h:
+    with HostProcess(["search_r1"], "--import", "envs") as h:
         yield h
 
 

@@ -7,12 +7,10 @@ import portpicker
 
 from agentic import models
 from agentic.async_thread import AsyncThread
+from agentic.core import GenerateRequest, SamplingParams
 from agentic.inference.engine import EngineConfig, JaxEngine
 from agentic.inference.http_server import SGLangServer, start_server
-from agentic.inference.protocol import GenerateRequest, SamplingParams
-from agentic.inference.sglang_client import SGLangClient
-from agentic.launcher import WeightSync
-from experiments.configs import search_r1
+from agentic.inference.sglang_client import SGLangClient, SGLangWeights
 
 
 def scaled(params):
@@ -23,9 +21,6 @@ def test_weight_sync_to_sglang_servers(tmp_path):
     tokenizer = models.load_tokenizer("smollm2-135m-instruct")
     cfg = models.get_config("tiny").replace(vocab_size=tokenizer.vocab_size)
     old, new = (scaled(models.init_params(cfg, jax.random.key(s))) for s in (0, 1))
-    config = search_r1.get_config("test")
-    config.generator.backend = "sglang"
-    config.generator.weights_dir = str(tmp_path / "weights")
     thread = AsyncThread("test")
     port = portpicker.pick_unused_port()
     request = GenerateRequest(prompt_ids=tokenizer.encode("The capital of Vastoria is"),
@@ -39,8 +34,7 @@ def test_weight_sync_to_sglang_servers(tmp_path):
     engine, runner, client = thread.run(up(), timeout=120)
     try:
         before = thread.run(client.generate_one(request), timeout=120)
-        sync = WeightSync(config, client, cfg, tokenizer, thread)
-        sync(new, 1)
+        SGLangWeights(client, str(tmp_path / "weights"), cfg, tokenizer, thread.run).publish(new, 1)
         after = thread.run(client.generate_one(request), timeout=120)
         assert (before.weight_version, after.weight_version) == (0, 1)
         assert after.token_ids != before.token_ids

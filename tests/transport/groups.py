@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agentic.rollout.trajectory import Trajectory
+from agentic.core import Trajectory
 
 
 def make_group(group_id: str = "g0", n: int = 3, version: int = 0, length: int = 12, seed: int = 0):

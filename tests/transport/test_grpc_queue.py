@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -54,9 +55,14 @@ def _in_thread(fn, *args):
 def test_round_trip_preserves_every_field_exactly(serve):
     server, client = serve()
     groups = [make_group(f"g{i}", n=4, version=7, seed=i) for i in range(3)]
-    groups[0][0].behavior_logprobs[-1] = -np.inf
-    groups[0][1].behavior_logprobs[-2] = np.float32(-1e-45)  # subnormal
-    groups[1][0].metrics = {}
+    def with_logprob(tr, index, value):
+        logprobs = tr.behavior_logprobs.copy()
+        logprobs[index] = value
+        return dataclasses.replace(tr, behavior_logprobs=logprobs)
+
+    groups[0][0] = with_logprob(groups[0][0], -1, -np.inf)
+    groups[0][1] = with_logprob(groups[0][1], -2, np.float32(-1e-45))  # subnormal
+    groups[1][0] = dataclasses.replace(groups[1][0], metrics={})
     for g in groups[:2]:
         assert client.put(g, timeout=5.0)
     assert server.queue.put(groups[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 
@@ -147,9 +148,8 @@ def test_reuse_returns_a_group_up_to_k_times_fresh_first_within_the_staleness_bo
     "mutate, message",
     [
         (lambda g: g.clear(), "group is empty"),
-        (lambda g: setattr(g[1], "group_id", "other"), r"group\[1\].group_id='other' differs"),
-        (lambda g: setattr(g[2], "loss_mask", g[2].loss_mask[:-1]), r"group\[2\].loss_mask has \d+ values"),
-        (lambda g: setattr(g[0], "prompt_len", 10**6), r"group\[0\].prompt_len=1000000 is outside"),
+        (lambda g: g.__setitem__(1, dataclasses.replace(g[1], group_id="other")), r"group\[1\].group_id='other' differs"),
+        (lambda g: g.__setitem__(2, "not a trajectory"), r"group\[2\] is a str, not a Trajectory"),
     ],
 )
 def test_malformed_groups_are_rejected_naming_the_field(mutate, message):
@@ -159,6 +159,24 @@ def test_malformed_groups_are_rejected_naming_the_field(mutate, message):
     with pytest.raises(ValueError, match=message):
         queue.put(group)
     assert queue.stats()["put"] == 0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"loss_mask": np.ones(3, np.int8)}, r"trajectory loss_mask has length 3, tokens \d+"),
+        ({"prompt_len": 10**6}, r"trajectory prompt_len=1000000 is outside"),
+        ({"turn_starts": (-1,)}, r"turn_starts has \[-1\] outside"),
+    ],
+)
+def test_a_trajectory_checks_its_fields_once_and_cannot_change(change, message):
+    traj = make_group()[0]
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(traj, **change)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        traj.prompt_len = 0
+    with pytest.raises(ValueError, match="read-only"):
+        traj.tokens[0] = 1
 
 
 def test_impossible_get_is_an_error_not_a_hang():

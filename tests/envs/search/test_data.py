@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from agentic import tasks as tasks_lib
 from envs.search import data
 from envs.search.env import make_prompt
 
@@ -70,20 +71,20 @@ def test_task_dataset_shuffles_shards_and_resumes():
     def take(it, n):
         return [next(it)["id"] for _ in range(n)]
 
-    first = take(iter(data.task_dataset(tasks, seed=0)), 20)
-    assert first == take(iter(data.task_dataset(tasks, seed=0)), 20)           # seeded
-    assert first != take(iter(data.task_dataset(tasks, seed=1)), 20)
+    first = take(iter(tasks_lib.task_dataset(tasks, seed=0)), 20)
+    assert first == take(iter(tasks_lib.task_dataset(tasks, seed=0)), 20)           # seeded
+    assert first != take(iter(tasks_lib.task_dataset(tasks, seed=1)), 20)
     assert sorted(first[:10]) == sorted(first[10:]) and first[:10] != first[10:]  # reshuffled per epoch
-    shards = [set(take(iter(data.task_dataset(tasks, seed=0, num_epochs=1, shard_index=i, shard_count=3)),
+    shards = [set(take(iter(tasks_lib.task_dataset(tasks, seed=0, num_epochs=1, shard_index=i, shard_count=3)),
                        len(range(i, 10, 3)))) for i in range(3)]
     assert set.union(*shards) == {t["id"] for t in tasks} and sum(map(len, shards)) == 10  # disjoint cover
 
-    it = iter(data.task_dataset(tasks, seed=5))
+    it = iter(tasks_lib.task_dataset(tasks, seed=5))
     take(it, 7)
     state = json.loads(json.dumps(it.get_state()))  # checkpointable as JSON
     expected = take(it, 9)
-    resumed = iter(data.task_dataset(tasks, seed=5))
+    resumed = iter(tasks_lib.task_dataset(tasks, seed=5))
     resumed.set_state(state)
     assert take(resumed, 9) == expected
     with pytest.raises(ValueError, match="shard_index"):
-        data.task_dataset(tasks, seed=0, shard_index=3, shard_count=3)
+        tasks_lib.task_dataset(tasks, seed=0, shard_index=3, shard_count=3)

@@ -7,7 +7,7 @@ import pytest
 
 import agentic.env
 from agentic.env.client import EnvClient
-from agentic.env.testing import HostProcess
+from agentic.env.local_hosts import HostProcess
 from envs.search.batching import MicroBatcher
 from envs.search.env import SearchR1Config, SearchR1Env, truncate_observation
 from envs.search.policies import NoSearch, SearchThenAnswer, prior_guesses
@@ -176,7 +176,7 @@ def test_end_to_end_over_env_host_needs_retrieval(world, index_dir):
             guessed = await _episodes(client, tasks, lambda t: NoSearch(t, guesses), kwargs)
             return searched, guessed
 
-    with HostProcess(["search_r1"]) as host:
+    with HostProcess(["search_r1"], "--import", "envs") as host:
         searched, guessed = asyncio.run(main(host.address))
     em_search = np.mean([m["em"] for m in searched])
     em_guess = np.mean([m["em"] for m in guessed])

@@ -1,4 +1,6 @@
-"""Mesh construction and logical-axis rules: model parameter names -> PartitionSpecs.
+"""Mesh construction and logical-axis rules: model parameter names -> PartitionSpecs (the
+learner's `DEFAULT_RULES` on its (data, fsdp, tensor) mesh; the engine's `ENGINE_RULES` on its
+(data, model) mesh).
 
 The learner's mesh has three axes, sizes from config:
   data    pure data parallelism (parameters replicated),
@@ -37,6 +39,11 @@ DEFAULT_RULES: Mapping[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "layers": None,
 }
+
+
+# The embedded engine's (data, model) mesh: heads, MLP and vocab split over "model", the rest replicated.
+ENGINE_RULES: Mapping[str, str | tuple[str, ...] | None] = {
+    **dict.fromkeys(DEFAULT_RULES), "heads": "model", "kv_heads": "model", "mlp": "model", "vocab": "model"}
 
 
 def make_mesh(shape: Sequence[int], devices: Sequence[jax.Device] | None = None) -> Mesh:

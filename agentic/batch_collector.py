@@ -1,0 +1,100 @@
+"""Hands the training loop one batch of groups per step, the Sebulba (async) or the synchronous way."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+from agentic.async_thread import AsyncThread
+from agentic.core import Trajectory
+from agentic.rollout.actor import Actor
+from agentic.transport.queue import InProcessTrajectoryQueue
+
+
+class BatchCollector:
+    """Hands the loop `learner.batch_groups` groups per step, the Sebulba or the synchronous way.
+
+    async: the actor runs throughout (bounded by the queue and the max policy lag); the loop
+    takes groups from the queue. sync: the actor generates only while the loop waits for a
+    batch and is paused (its groups in flight drained) before the learner trains, so on a
+    small machine generation and training never compete for the same cores.
+
+    With `sebulba.dynamic_sampling`, groups whose rewards are all equal are set aside
+    (counted, not trained on: their GRPO advantages are zero, DAPO's dynamic sampling)
+    and generation goes on until the batch holds informative groups only, for at most
+    `sebulba.max_batch_rounds` batches' worth of generated groups per step (then the step
+    trains on what it has).
+    """
+
+    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor, actors: AsyncThread):
+        self.queue, self.actor, self.actors = queue, actor, actors
+        self.B = config.learner.batch_groups
+        self.sync = config.sebulba.mode == "sync"
+        self.dynamic = config.sebulba.dynamic_sampling
+        self.max_rounds = config.sebulba.max_batch_rounds
+        self.group_size = config.actor.group_size
+        self.uniform, self.trained_groups, self.stale_in_learner = 0, 0.0, 0.0
+        if self.sync:
+            actor.paused.clear()
+        self._future = actors.submit(actor.run())
+
+    def _set_paused(self, paused: bool):
+        """Pauses / resumes the actor; returns once its event loop has done it."""
+        async def flip():
+            (self.actor.paused.clear if paused else self.actor.paused.set)()
+
+        self.actors.run(flip(), timeout=30)
+
+    def next(self, stopping) -> list[list[Trajectory]] | None:
+        """The next batch of groups (None when stopping)."""
+        batch, spare = [], []
+        if self.sync:
+            self._set_paused(False)
+        budget = self.B * self.max_rounds
+        while len(batch) < self.B:
+            if stopping():
+                return None
+            got = self.queue.get(self.B - len(batch), timeout=1.0)
+            if self._future.done():
+                self._future.result()  # re-raises the actor's crash
+                raise RuntimeError("actor stopped before the learner finished")
+            for g in got:
+                budget -= 1
+                if self.dynamic and len({tr.reward for tr in g}) == 1:
+                    self.uniform += 1
+                    spare.append(g)
+                else:
+                    batch.append(g)
+            if budget <= 0 and len(batch) + len(spare) >= self.B:  # out of rounds: train on what there is
+                batch += spare[: self.B - len(batch)]
+                break
+        if self.sync:
+            self._set_paused(True)
+            while self.actor.busy._active and not stopping():  # drain: its groups land in the queue
+                time.sleep(0.01)
+        return batch
+
+    def record(self, learner_metrics: dict[str, float]) -> None:
+        """Counts what the learner trained on and dropped as stale in an update."""
+        self.trained_groups += learner_metrics.get("batch/trajectories", 0.0) / self.group_size
+        self.stale_in_learner += learner_metrics.get("batch/dropped_stale", 0.0) / self.group_size
+
+    def stats(self) -> dict[str, float]:
+        """Counts over the run so far: groups the actor generated, set aside as uniform, dropped as
+        stale (by the queue or the learner), trained on; and their fractions of the generated ones."""
+        generated = float(self.actor.groups_done)
+        stale = self.queue.stats().get("dropped_stale", 0.0) + self.stale_in_learner
+        g = max(generated, 1.0)
+        return {"groups_generated": generated, "groups_uniform": float(self.uniform),
+                "groups_stale": stale, "groups_trained": self.trained_groups,
+                "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g}
+
+    def close(self) -> None:
+        if self._future is None:
+            return
+        self.actor.stop()
+        self._set_paused(False)
+        self.queue.close()
+        with contextlib.suppress(Exception):
+            self._future.result(timeout=120)
+        self._future = None
