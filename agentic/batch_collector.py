@@ -23,7 +23,8 @@ class BatchCollector:
     (counted, not trained on: their GRPO advantages are zero, DAPO's dynamic sampling)
     and generation goes on until the batch holds informative groups only, for at most
     `sebulba.max_batch_rounds` batches' worth of generated groups per step (then the step
-    trains on what it has).
+    trains on what it has). In sync mode the groups still in flight when the batch is full are
+    finished and trained on in the same step (up to `batch_groups` more), not left to go stale.
     """
 
     def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor, actors: AsyncThread):
@@ -72,7 +73,24 @@ class BatchCollector:
             self._set_paused(True)
             while self.actor.busy._active and not stopping():  # drain: its groups land in the queue
                 time.sleep(0.01)
+            # The drained groups come from the weights this batch trains; left in the queue they
+            # would be two versions old by the next batch. Their informative ones join this batch
+            # (up to `batch_groups` more), their uniform ones are set aside now.
+            batch += self._take_drained(self.B)
         return batch
+
+    def _take_drained(self, limit: int) -> list[list[Trajectory]]:
+        extra: list[list[Trajectory]] = []
+        while len(extra) < limit:
+            got = self.queue.get(1, timeout=0)
+            if not got:
+                break
+            for g in got:
+                if self.dynamic and len({tr.reward for tr in g}) == 1:
+                    self.uniform += 1
+                else:
+                    extra.append(g)
+        return extra
 
     def record(self, learner_metrics: dict[str, float]) -> None:
         """Counts what the learner trained on and dropped as stale in an update."""

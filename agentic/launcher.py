@@ -280,7 +280,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     if config.distributed:
-        sharding.initialize_distributed()
+        sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
     if config.sebulba.mode not in ("async", "sync"):
         raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
 

@@ -123,13 +123,36 @@ def batch_divisor(mesh: Mesh) -> int:
 _DISTRIBUTED = False
 
 
-def initialize_distributed(**kwargs) -> None:
-    """`jax.distributed.initialize(**kwargs)` once per process (multi-host TPU slices).
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
+                           **kwargs) -> None:
+    """`jax.distributed.initialize` once per process.
 
-    Call it before anything touches a device. On Cloud TPU the coordinator, process
-    count and id come from the TPU metadata, so no arguments are needed.
+    Call it before anything touches a device. The coordinator ("host:port" of process 0), the
+    process count and this process's id come from the arguments, else from $JAX_COORDINATOR_ADDRESS,
+    $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; on Cloud TPU (and SLURM / Open MPI) JAX finds all three
+    itself when none is given. Off those, a missing one is an error that names them.
     """
     global _DISTRIBUTED
-    if not _DISTRIBUTED:
+    if _DISTRIBUTED:
+        return
+    import os
+
+    address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    count = num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0") or 0)
+    pid = process_id if process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1") or -1)
+    given = {"coordinator_address": address, "num_processes": count or None, "process_id": pid if pid >= 0 else None}
+    if any(given.values()):
+        missing = [k for k, v in given.items() if v in (None, "")]
+        if missing:
+            raise ValueError(f"distributed initialization needs {missing} too (config.{missing[0]} or "
+                             f"$JAX_{missing[0].upper()}); given {dict((k, v) for k, v in given.items() if v)}")
+        kwargs.update(given)
+    try:
         jax.distributed.initialize(**kwargs)
-        _DISTRIBUTED = True
+    except (RuntimeError, ValueError) as e:
+        if given["coordinator_address"]:
+            raise
+        raise ValueError(f"jax.distributed.initialize found no cluster ({e}); off Cloud TPU, SLURM or MPI give "
+                         "config.coordinator_address, config.num_processes and config.process_id (or "
+                         "$JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID)") from e
+    _DISTRIBUTED = True

@@ -16,7 +16,7 @@ import sys
 p = argparse.ArgumentParser()
 p.add_argument("--num-processes", type=int, required=True)
 p.add_argument("--process-id", type=int, required=True)
-p.add_argument("--port", type=int, default=0)
+p.add_argument("--port", type=int, default=0, help="0: the coordinator etc. from $JAX_* variables")
 p.add_argument("--devices", type=int, required=True)
 p.add_argument("--mesh", default="-1,1,1")
 p.add_argument("--steps", type=int, default=3)
@@ -34,9 +34,11 @@ from agentic import models, sharding  # noqa: E402
 from agentic.learner import Learner, LearnerConfig  # noqa: E402
 from agentic.learner.testing import synthetic_trajectories  # noqa: E402
 
-if a.num_processes > 1:
+if a.num_processes > 1 and a.port:
     sharding.initialize_distributed(coordinator_address=f"127.0.0.1:{a.port}", num_processes=a.num_processes,
                                     process_id=a.process_id)
+elif a.num_processes > 1:  # --port 0: from $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES, $JAX_PROCESS_ID
+    sharding.initialize_distributed()
 TINY = models.get_config("tiny")
 config = LearnerConfig(algorithm="grpo", lr=1e-2, adam_eps=1e-4, micro_batch_size=8, seq_buckets=(64,),
                        entropy_coef=0.01, mesh_shape=tuple(int(x) for x in a.mesh.split(",")))

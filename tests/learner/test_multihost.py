@@ -12,14 +12,23 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_update.py")
 
 
-def run(tmp_path, num_processes, devices, mesh="-1,1,1"):
+def run(tmp_path, num_processes, devices, mesh="-1,1,1", from_env=False):
+    """`from_env`: the processes find the coordinator, their count and id in $JAX_* variables."""
     out = tmp_path / f"{num_processes}x{devices}_{mesh.replace(',', '_')}"
     out.mkdir()
     port = portpicker.pick_unused_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+
+    def process_env(i):
+        if not from_env:
+            return env
+        return {**env, "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(num_processes),
+                "JAX_PROCESS_ID": str(i)}
+
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--num-processes", str(num_processes), "--process-id", str(i),
-                               "--port", str(port), "--devices", str(devices), f"--mesh={mesh}", "--out", str(out)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               "--port", "0" if from_env else str(port), "--devices", str(devices), f"--mesh={mesh}",
+                               "--out", str(out)],
+                              env=process_env(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(num_processes)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs, strict=True):
@@ -33,10 +42,22 @@ def reference(tmp_path_factory):
     return one
 
 
-@pytest.mark.parametrize("mesh", ["-1,1,1", "2,4,1"])
-def test_two_processes_with_local_data_equal_one_process(reference, tmp_path, mesh):
-    results = run(tmp_path, 2, 4, mesh)
+@pytest.mark.parametrize(("mesh", "from_env"), [("-1,1,1", False), ("2,4,1", True)])
+def test_two_processes_with_local_data_equal_one_process(reference, tmp_path, mesh, from_env):
+    results = run(tmp_path, 2, 4, mesh, from_env)
     for r in results:  # every process reports the global loss and grad norm, and holds the same params
         np.testing.assert_allclose(r["loss"], reference["loss"], rtol=1e-5)
         np.testing.assert_allclose(r["grad_norm"], reference["grad_norm"], rtol=1e-5)
         np.testing.assert_allclose(r["params"], reference["params"], rtol=1e-5, atol=1e-7)
+
+
+def test_distributed_initialization_names_what_is_missing(monkeypatch):
+    from agentic import sharding
+
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ValueError, match=r"needs \['num_processes', 'process_id'\] too"):
+        sharding.initialize_distributed("127.0.0.1:1234")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+    with pytest.raises(ValueError, match=r"needs \['process_id'\] too .*JAX_PROCESS_ID"):
+        sharding.initialize_distributed("127.0.0.1:1234")
