@@ -450,10 +450,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
 
 
 def final_eval_estimate(stats: dict[str, Any], n: int) -> float:
-    """Seconds the final eval of n tasks should take: the latest eval's time per episode x n."""
+    """Seconds the final eval of n tasks should take: the latest eval of at least n tasks (same
+    batching), else the latest eval's time per episode x n (a small eval's episodes run in fewer
+    concurrent slots, so this overestimates)."""
     evals = [stats[k] for k in ("eval_start", "eval_warm_start") if k in stats] + stats.get("eval_rl", [])
     if not evals or not n:
         return 0.0
+    full = [e for e in evals if e["episodes"] >= n]
+    if full:
+        return full[-1]["time_s"] * n / full[-1]["episodes"]
     last = evals[-1]
     return last["time_s"] / max(last["episodes"], 1.0) * n
 

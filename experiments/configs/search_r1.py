@@ -200,8 +200,8 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.warm_start.batch = 8
     c.warm_start.lr = 1e-4
     c.eval_tasks = 128
-    c.eval_quick_tasks = 16
-    c.eval_every = 3
+    c.eval_quick_tasks = 8              # the start and during-RL evals (labelled with their size)
+    c.eval_every = 1
     c.checkpoint_every = 2
     c.data.world_passages = 20000
     c.data.hops = (1,)

@@ -40,6 +40,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({"num_train": 2000, "num_eval": 64, "seed": 0})
     c.eval_tasks = 64
     c.eval_quick_tasks = 16
+    c.eval_every = 2
     return c
 
 
