@@ -6,8 +6,9 @@ env, its tasks and the cold start's scripted policy differ.
 
 Variants:
   default  SmolLM2-135M-Instruct on a 2-core CPU: a short cold start on scripted calculator
-           demonstrations, then GRPO (sync, dynamic sampling), within an 18-minute budget; README
-           (Results) gives the measured correct rate at the start, after the cold start and at the end.
+           demonstrations, then GRPO (sync, dynamic sampling), within an 18-minute budget. Measured
+           (before ea0135a, README "Results"): 15:22 wall; correct 0.000 (16 problems) -> 0.188
+           after the cold start (64) -> 0.391 after 8 GRPO steps (64).
   test     a tiny random model, 2 RL steps: the whole loop with real processes, for CI.
 """
 

@@ -89,7 +89,8 @@ def test_reward_rises_from_start_to_near_max(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rewards = [r["reward"] for r in rows if r["split"] == "train"]
     assert stats["steps"] == 15 and len(rewards) == 15
-    start, end = np.mean(rewards[:2]), np.mean(rewards[-3:])
+    # step 1 trains on episodes sampled from the initial weights only: the random policy's reward
+    start, end = rewards[0], np.mean(rewards[-3:])
     print(f"train reward per step: {np.round(rewards, 2).tolist()}")
     assert start < 0.7, f"the random policy already scores {start:.2f}: the env is not a learning test"
     assert end > 0.9, f"reward went from {start:.2f} to {end:.2f} in 15 steps: RL did not learn"
