@@ -39,6 +39,10 @@ class BatchCollector:
             actor.paused.clear()
         self._future = actors.submit(actor.run())
 
+    def _uniform(self, group: list[Trajectory]) -> bool:
+        """With dynamic sampling: every reward of the group equal (GRPO advantage 0 throughout)."""
+        return self.dynamic and len({tr.reward for tr in group}) == 1
+
     def _set_paused(self, paused: bool):
         """Pauses / resumes the actor; returns once its event loop has done it."""
         async def flip():
@@ -61,7 +65,7 @@ class BatchCollector:
                 raise RuntimeError("actor stopped before the learner finished")
             for g in got:
                 budget -= 1
-                if self.dynamic and len({tr.reward for tr in g}) == 1:
+                if self._uniform(g):
                     self.uniform += 1
                     spare.append(g)
                 else:
@@ -86,7 +90,7 @@ class BatchCollector:
             if not got:
                 break
             for g in got:
-                if self.dynamic and len({tr.reward for tr in g}) == 1:
+                if self._uniform(g):
                     self.uniform += 1
                 else:
                     extra.append(g)

@@ -322,11 +322,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
         publisher = weight_publisher(config, generator, model_cfg, tokenizer, actors)
 
-        def sync(params, version: int) -> float:
-            t = time.monotonic()
-            publisher.publish(params, version)
-            return time.monotonic() - t
-
         def run_eval(step: int, tasks: list[dict], split: str) -> dict[str, float]:
             ev = evaluate(tasks, actor_config=actor_config(config, eval_mode=True), make_env=make_env,
                           generator=generator, tokenizer=tokenizer, actors=actors, seed=config.seed + 7)
@@ -343,7 +338,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
                 raise ValueError("config.warm_start asks for demonstrations but the experiment has no demo_policy")
             params = warm_start(config, workdir, experiment, model_cfg, params, tokenizer, make_env, actors,
                                 mesh, writer)
-            sync(params, 0)
+            publisher.publish(params, 0)
             if eval_tasks:
                 stats["eval_warm_start"] = run_eval(0, eval_tasks, "eval_warm_start")
 
@@ -355,7 +350,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         start_step = learner.version
         if data_state is not None:
             print(f"resumed from checkpoint at step {start_step} ({workdir})", flush=True)
-            sync(learner.params, learner.version)
+            publisher.publish(learner.params, learner.version)
         tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
 
         # ---- queue and actor
@@ -408,7 +403,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
             m = learner.update(trajs)
             train_s = clocks.lap()
-            sync(learner.params, learner.version)
+            publisher.publish(learner.params, learner.version)
             sync_s = clocks.lap()
             queue.set_learner_version(learner.version)
             batches.record(m)
