@@ -22,7 +22,7 @@ class HostConfig:
         workers: worker subprocesses per env kind (name -> count; "*" = default).
         max_sessions: per-kind override of `EnvSpec.max_sessions` (name -> n; "*" = all).
         step_deadline_s: per-kind override of `EnvSpec.step_deadline_s` (name -> s; "*" = all).
-        imports: modules each worker imports first (to register envs defined outside `envs`).
+        imports: modules that register the served envs; the host and each worker import them first.
         idle_timeout_s: sessions without any call for this long are reaped.
         max_action_bytes: larger actions are rejected with INVALID_ARGUMENT.
         max_observation_bytes: longer observations are truncated (flagged).
