@@ -52,14 +52,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from agentic import models, sharding
 from agentic.core import Completion, GenerateRequest, Generator, GeneratorError, WeightPublisher
-from agentic.inference.decode_model import decode_forward
+from agentic.inference.decode_model import cached_forward
 from agentic.inference.sampling import sample
 from agentic.inference.stops import Finish, StopChecker, completion_text
 
@@ -84,6 +83,9 @@ class EngineConfig:
       min_decode_kv: smallest decode attention window; a decode step attends
         the first 64, 128, 256, ... cache rows (doubling up to max_len), the
         smallest window holding every running sequence.
+      min_decode_rows: smallest decode batch; a decode step runs the first 8, 16,
+        32, ... slots (doubling up to num_slots), the fewest holding every running
+        request (new requests take the lowest free slot).
       cache_dtype: KV cache dtype; None = the model's compute dtype.
       tp_size: devices per model replica ("model" mesh axis); the rest of
         `devices` split the slots ("data" axis).
@@ -101,6 +103,7 @@ class EngineConfig:
     token_bucket_growth: int | None = None
     min_decode_kv: int = 64
     cache_dtype: str | None = None
+    min_decode_rows: int = 8
     tp_size: int = 1
     seed: int = 0
     share_prefix_min: int = 16
@@ -109,7 +112,7 @@ class EngineConfig:
         if self.share_prefix_min < 0:
             raise ValueError(f"share_prefix_min must be >= 0, got {self.share_prefix_min}")
         for f in ("num_slots", "max_len", "prefill_chunk", "max_prefill_batch", "min_prefill_bucket",
-                  "min_decode_kv", "tp_size"):
+                  "min_decode_kv", "min_decode_rows", "tp_size"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"{f} must be >= 1, got {getattr(self, f)}")
         if self.bucket_growth < 2 or (self.token_bucket_growth is not None and self.token_bucket_growth < 2):
@@ -223,6 +226,10 @@ class EngineCore:
         self.len_buckets = _buckets(ec.min_prefill_bucket, min(ec.prefill_chunk, ec.max_len),
                                     ec.token_bucket_growth or ec.bucket_growth)
         self.kv_buckets = _buckets(min(ec.min_decode_kv, ec.max_len), ec.max_len, 2)
+        # a decode step runs the first slots, the fewest (a bucket) holding every running request;
+        # with the slots split over devices ("data" axis) it always runs them all
+        self.decode_row_buckets = (_buckets(min(ec.min_decode_rows, ec.num_slots), ec.num_slots, 2)
+                                   if n_data == 1 else (ec.num_slots,))
         self.compile_counts: collections.Counter = collections.Counter()
         self.stats = collections.Counter()  # token / call counts, and *_s wall seconds
         self._build_fns()
@@ -242,20 +249,19 @@ class EngineCore:
         counts = self.compile_counts
         rep = self.replicated
         cs = {"k": self.cache_sharding, "v": self.cache_sharding}
+        reduce_attention = all(d.platform == "cpu" for d in self.devices)
+        max_len = self.ec.max_len
 
         def prefill(params, cache, slots, tokens, positions, last, temp, top_k, top_p, seeds, steps):
             counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
-            sub = jax.tree.map(lambda c: c[:, slots], cache)
-            hidden, sub = models.forward(config, params, tokens, positions, cache=sub, return_hidden=True)
-            h = jnp.take_along_axis(hidden, last[:, None, None], axis=1)
-            logits = models.logits_from_hidden(config, params, h)[:, 0]
-            cache = jax.tree.map(lambda c, s: c.at[:, slots].set(s), cache, sub)
+            logits, cache = cached_forward(config, params, cache, tokens, positions, max_len, slots=slots, last=last)
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
         def decode(params, cache, tokens, positions, temp, top_k, top_p, seeds, steps, kv_len):
-            counts[f"decode[kv{kv_len}]"] += 1
-            logits, cache = decode_forward(config, params, cache, tokens, positions, kv_len)
+            counts[f"decode[{tokens.shape[0]}xkv{kv_len}]"] += 1
+            logits, cache = cached_forward(config, params, cache, tokens[:, None], positions[:, None], kv_len,
+                                           reduce_attention=reduce_attention)
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
@@ -313,11 +319,11 @@ class EngineCore:
                     np.full((rows, t), -1, np.int32), np.zeros(rows, np.int32), *samp)
         if self.ec.share_prefix_min:  # slot 0 onto itself: a no-op that compiles the copy
             self.cache = self._copy_slot(self.cache, np.int32(0), np.int32(0))
-        n = self.ec.num_slots
-        samp = self._sampling_arrays([None] * n, n)
-        for kv_len in self.kv_buckets:
-            self.cache, tok, _ = self._decode(self.params, self.cache, np.zeros(n, np.int32),
-                                              np.full(n, -1, np.int32), *samp, kv_len=kv_len)
+        for n in self.decode_row_buckets:
+            samp = self._sampling_arrays([None] * n, n)
+            for kv_len in self.kv_buckets:
+                self.cache, tok, _ = self._decode(self.params, self.cache, np.zeros(n, np.int32),
+                                                  np.full(n, -1, np.int32), *samp, kv_len=kv_len)
         jax.block_until_ready(tok)
         return sum(self.compile_counts.values()) - before
 
@@ -417,8 +423,13 @@ class EngineCore:
                     return i, min(_lcp(self.slots[i].tokens, r.prompt), limit)
         free = [i for i in idle if self.slots[i].session is None]
         if free:
-            best = max(free, key=lambda i: (min(_lcp(self.slots[i].tokens, r.prompt), limit),
-                                            -self.slots[i].last_used))
+            if self.ec.share_prefix_min:
+                # the lowest free slot keeps decode steps small (`decode_row_buckets`); a prefix
+                # cached in another slot is copied from there (`_plan_share`)
+                best = min(free)
+            else:
+                best = max(free, key=lambda i: (min(_lcp(self.slots[i].tokens, r.prompt), limit),
+                                                -self.slots[i].last_used))
             return best, min(_lcp(self.slots[best].tokens, r.prompt), limit)
         lru = min(idle, key=lambda i: self.slots[i].last_used)
         self.stats["evictions"] += 1
@@ -602,7 +613,8 @@ class EngineCore:
                    for s in self.slots]
         if not any(r is not None for r in running):
             return
-        n = self.ec.num_slots
+        n = _fit(self.decode_row_buckets, max(i for i, r in enumerate(running) if r is not None) + 1)
+        running = running[:n]
         tokens = np.zeros(n, np.int32)
         positions = np.full(n, -1, np.int32)
         for i, r in enumerate(running):

@@ -216,7 +216,8 @@ def test_no_recompilation_at_steady_state(fresh_core):
     workload()
     assert dict(core.compile_counts) == seen
     # bounded by the bucket grids
-    assert 1 <= sum(v for k, v in seen.items() if k.startswith("decode")) <= len(core.kv_buckets)
+    assert 1 <= sum(v for k, v in seen.items() if k.startswith("decode")) <= (
+        len(core.decode_row_buckets) * len(core.kv_buckets))
     assert sum(v for k, v in seen.items() if k.startswith("prefill")) <= len(core.row_buckets) * len(core.len_buckets)
 
 
@@ -225,11 +226,32 @@ def test_warmup_compiles_every_shape_and_writes_nothing(tiny, reference):
     config, params, tok = tiny
     core = EngineCore(config, params, tok, ENGINE_CONFIG)
     n = core.warmup()
-    assert n == len(core.row_buckets) * len(core.len_buckets) + len(core.kv_buckets) + 1  # + the slot copy
+    assert n == (len(core.row_buckets) * len(core.len_buckets)
+                 + len(core.decode_row_buckets) * len(core.kv_buckets) + 1)  # + the slot copy
     compiled = sum(core.compile_counts.values())
     prompts = [prompt_of(k, seed=k) for k in (3, 40, 17, 8, 30)]
     outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY) for p in prompts])
     assert sum(core.compile_counts.values()) == compiled
+    for p, c in zip(prompts, outs, strict=True):
+        assert list(c.token_ids) == reference.greedy(p, GREEDY.max_new_tokens, stop_ids={EOS})
+
+
+def test_decode_runs_only_the_slots_in_use(tiny, reference):
+    """New requests take the lowest free slots, and a decode step runs the fewest slots (a bucket)
+    holding every running request: one request on 8 slots decodes 2 rows, three decode 4; the
+    tokens are the reference's either way."""
+    config, params, tok = tiny
+    core = EngineCore(config, params, tok, dataclasses.replace(ENGINE_CONFIG, num_slots=8, min_decode_rows=2))
+    assert core.decode_row_buckets == (2, 4, 8)
+    prompts = [prompt_of(n, seed=n) for n in (9, 14, 5)]
+    alone = core.generate_sync([GenerateRequest(prompt_ids=prompts[0], params=GREEDY, session_id="a")])[0]
+    core.release("a")
+    assert {k for k in core.compile_counts if k.startswith("decode")} == {"decode[2xkv32]"}
+    outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY, session_id=f"s{i}")
+                               for i, p in enumerate(prompts)])
+    assert sorted(s.session for s in core.slots[:3]) == ["s0", "s1", "s2"]  # the lowest slots
+    assert {k.split("x")[0] for k in core.compile_counts if k.startswith("decode")} == {"decode[2", "decode[4"}
+    assert outs[0].token_ids == alone.token_ids
     for p, c in zip(prompts, outs, strict=True):
         assert list(c.token_ids) == reference.greedy(p, GREEDY.max_new_tokens, stop_ids={EOS})
 
