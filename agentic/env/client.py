@@ -48,6 +48,10 @@ Env kwargs and tasks are JSON objects (they reach `EnvSpec.factory(**env_kwargs)
 an over-long observation, `info["observation_truncated"]` says by how much.
 TLS: `EnvClient(hosts, tls_root_cert=open("ca.pem","rb").read())`; auth:
 `token=` (or $AGENTIC_ENV_TOKEN) sent as `authorization: Bearer <token>`.
+
+Size: past 400 lines because placement, batching into streaming RPCs, deadlines and the
+typed error mapping share the per-host state; the error types are `errors.py`, the wire
+conversions `wire.py`.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ Also served: `grpc.health.v1.Health` and server reflection (v1 and v1alpha). Wir
 `agentic/env/proto/env_service.proto`; the client is `agentic.env.client.EnvClient`. Around
 this file: `host_config.py` (settings and the command line), `workers.py` (the worker
 subprocesses), `auth.py` (the token check), `worker.py` (what runs inside a worker).
+
+Size: past 400 lines because the promises above (deadlines, drain, session loss, limits) are
+kept by the gRPC service and the session table together; what stands alone is split out.
 """
 
 from __future__ import annotations

@@ -6,13 +6,15 @@ Design (one scheduler step = admit, prefill, one decode step):
   the engine's devices. A running request owns one slot; its tokens sit
   contiguously from index 0.
 * **Continuous batching.** Between decode steps, waiting requests take free
-  slots and are prefilled (several at once, padded to a few bucketed shapes);
-  then one jitted decode step advances *every* slot (inactive slots write
-  nothing). Finished requests leave at once; nobody waits for a batch to drain.
+  slots (the lowest free one) and are prefilled (several at once, padded to a
+  few bucketed shapes); then one jitted decode step advances every running
+  request: it runs the fewest first slots (8, 16, 32, ... num_slots) that hold
+  them all (idle slots among them write nothing). Finished requests leave at
+  once; nobody waits for a batch to drain.
 * **Fixed shapes.** Prefill runs at (rows, tokens) buckets (powers of
   `bucket_growth`, capped by `max_prefill_batch` / `prefill_chunk`; longer
-  prompts are prefilled in chunks), decode always at [num_slots] with an
-  attention window of 64, 128, ... max_len cache rows (`decode_model`). After
+  prompts are prefilled in chunks), decode at a row bucket with an attention
+  window of 64, 128, ... max_len cache rows (`decode_model`). After
   every bucket has been seen once nothing recompiles; `compile_counts` counts
   traces.
 * **Sampling on device** (`agentic.inference.sampling`): per-request
@@ -21,8 +23,9 @@ Design (one scheduler step = admit, prefill, one decode step):
   prompt + output[:-1], tagged with its `session_id`. A later request whose
   prompt extends that sequence (the next turn of the episode) reuses the slot
   and prefills only the tokens after the longest common prefix
-  (`Completion.cached_tokens` reports how many were reused). Idle slots without
-  a session are matched by content; slots are evicted least recently used.
+  (`Completion.cached_tokens` reports how many were reused). With prefix sharing
+  off, idle slots without a session are matched by content; slots are evicted
+  least recently used.
 * **Prefix sharing across sessions.** A request whose prompt shares at least
   `share_prefix_min` leading tokens with what another slot holds (any session,
   running or idle), or with the prompt of a request admitted in the same step
@@ -38,6 +41,11 @@ Design (one scheduler step = admit, prefill, one decode step):
 
 `EngineCore` is the synchronous scheduler (tests drive it step by step);
 `JaxEngine` runs it on a background thread behind the async `Generator` API.
+
+Size: one file past 400 lines because the scheduler's parts (slots, admission, prefix
+reuse and sharing, prefill waves, decode, weight swap) all read and write the same slot
+table and cache between two steps; split, each piece would need the others' invariants.
+The model math is in `decode_model.py`, sampling in `sampling.py`, stops in `stops.py`.
 """
 
 from __future__ import annotations

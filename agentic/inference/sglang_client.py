@@ -44,6 +44,9 @@ Start-up check (`check_servers`, run once on first use): reads
 (405: the POST route exists; 404: it does not, as on sglang-jax). With
 `require_weight_updates` (the default) a server without the route fails the
 first call with a message saying what to use instead.
+
+Size: past 400 lines because routing, retries, overload back-off, aborts and the weight sync
+all act on the same per-server state (sessions, outstanding requests, down marks).
 """
 
 from __future__ import annotations

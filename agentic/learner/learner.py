@@ -29,6 +29,10 @@ build one Learner per process with the same config, and give each process's
 `update` its own trajectories: arrays are assembled with
 `jax.make_array_from_process_local_data`, and the packed shape is agreed across
 processes. `micro_batch_size` is global (rows over all processes).
+
+Size: past 400 lines because `update`'s five stages share the train state, the mesh and
+the compiled steps; the pieces that stand alone already live apart (`batching.py` packing
+and loss weights, `advantages.py`, `losses.py`, `train_step.py`, `checkpoint.py`).
 """
 
 from __future__ import annotations
