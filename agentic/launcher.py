@@ -15,6 +15,10 @@ In "async" mode actors never wait for the learner (bounded by the queue's
 capacity and the max policy lag); in "sync" mode they collect exactly one
 batch, then pause while the learner trains (verl style), for comparison.
 Rerunning with the same workdir resumes from the last checkpoint.
+
+Size: past 400 lines because `train` is meant to be read top to bottom as the loop; the
+builders it calls are small functions here, and everything with a job of its own lives
+apart (`batch_collector.py`, `tasks.py`, `metrics.py`, `sharding.py`, the actor, the queue).
 """
 
 from __future__ import annotations
@@ -146,7 +150,7 @@ def actor_config(config: ml_collections.ConfigDict, *, eval_mode: bool = False) 
     episode = EpisodeConfig(
         max_turns=a.max_turns, max_new_tokens_per_turn=a.max_new_tokens_per_turn,
         max_total_tokens=a.max_total_tokens, temperature=0.0 if eval_mode else a.temperature,
-        top_p=1.0 if eval_mode else a.top_p, top_k=-1 if eval_mode else a.top_k)
+        top_p=1.0 if eval_mode else a.top_p, top_k=-1 if eval_mode else a.top_k, mode=a.mode)
     return ActorConfig(group_size=1 if eval_mode else a.group_size,
                        concurrent_groups=a.concurrent_groups * (a.group_size if eval_mode else 1),
                        episode_timeout_s=a.episode_timeout_s, episode=episode)

@@ -124,20 +124,20 @@ def load_model(name_or_path: str, *, dtype: str | None = None, shardings=None, s
         params = init_params(config, jax.random.key(seed))
         if shardings is not None:
             params = jax.device_put(params, shardings)
-        return config, params, byte_tokenizer()
+        return config, params, _named(byte_tokenizer(), name_or_path)
     if kind == "gguf":
         from agentic.models.gguf_loader import GGUFFile
 
         g = GGUFFile(loc)
         config = g.config(dtype=dtype)
         params = assemble_params(config, lambda n: g.get_hf(config, n), shardings=shardings, source=f"GGUF {loc}")
-        return config, params, g.tokenizer()
+        return config, params, _named(g.tokenizer(), name_or_path)
     from agentic.models.hf import SafetensorsDir, read_hf_config
 
     config = read_hf_config(loc, dtype=dtype)
     st = SafetensorsDir(loc)
     params = assemble_params(config, st.get, shardings=shardings, source=f"checkpoint {loc}")
-    return config, params, Tokenizer.from_hf_dir(loc)
+    return config, params, _named(Tokenizer.from_hf_dir(loc), name_or_path)
 
 
 def load_config(name_or_path: str, *, dtype: str | None = None) -> ModelConfig:
@@ -158,9 +158,14 @@ def load_config(name_or_path: str, *, dtype: str | None = None) -> ModelConfig:
 def load_tokenizer(name_or_path: str) -> Tokenizer:
     kind, loc = resolve(name_or_path)
     if kind == "random":
-        return byte_tokenizer()
+        return _named(byte_tokenizer(), name_or_path)
     if kind == "gguf":
         from agentic.models.gguf_loader import GGUFFile
 
-        return GGUFFile(loc).tokenizer()
-    return Tokenizer.from_hf_dir(loc)
+        return _named(GGUFFile(loc).tokenizer(), name_or_path)
+    return _named(Tokenizer.from_hf_dir(loc), name_or_path)
+
+
+def _named(tokenizer: Tokenizer, name: str) -> Tokenizer:
+    tokenizer.name = name
+    return tokenizer

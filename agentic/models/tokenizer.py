@@ -7,6 +7,7 @@ to their text unless `skip_special_tokens=True`.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -48,13 +49,29 @@ def _raise(msg):
     raise jinja2.exceptions.TemplateError(msg)
 
 
+def _tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+    """HF transformers' `tojson` filter (jinja2's own escapes HTML characters)."""
+    return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_template(source: str) -> jinja2.Template:
+    """A chat template compiled once (episodes render one per turn)."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals["raise_exception"] = _raise
+    return env.from_string(source)
+
+
 class Tokenizer:
     """Text <-> token ids, special-token ids and the chat template of one checkpoint."""
 
     def __init__(self, hf: _HFTokenizer, *, eos_token_id: int | None, bos_token_id: int | None = None,
                  pad_token_id: int | None = None, chat_template: str | None = None, add_bos_token: bool = False,
-                 unk_token_id: int | None = None):
+                 unk_token_id: int | None = None, name: str = ""):
         self._tok = hf
+        self.name = name  # where it was loaded from (a registry name or path), for error messages
         self.eos_token_id = eos_token_id
         self.bos_token_id = bos_token_id
         self.pad_token_id = pad_token_id if pad_token_id is not None else eos_token_id
@@ -177,14 +194,12 @@ class Tokenizer:
         return self._tok.id_to_token(int(i))
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True, **kwargs) -> str:
-        """Renders the checkpoint's own jinja2 chat template (as HF transformers does)."""
+        """Renders the checkpoint's own jinja2 chat template (as HF transformers does).
+
+        kwargs reach the template as variables, e.g. `tools=[json schema, ...]`."""
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat template")
-        env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                                           extensions=[jinja2.ext.loopcontrols])
-        env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
-        env.globals["raise_exception"] = _raise
-        tmpl = env.from_string(self.chat_template)
+        tmpl = _compile_template(self.chat_template)
         bos = self.id_to_token(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.id_to_token(self.eos_token_id) if self.eos_token_id is not None else ""
         return tmpl.render(messages=list(messages), add_generation_prompt=add_generation_prompt,

@@ -7,6 +7,10 @@ log-probs). Nothing is re-tokenized after the fact.
 
     prompt ──► generate ──► action ──► env.step ──► observation ──► generate ...
                 (mask 1)                              (mask 0)
+
+This is the continuation mode: the env's observations are appended as raw text, inside
+the model's turn (Search-R1's protocol). `EpisodeConfig(mode="chat")` runs the episode as a
+chat in the model's own template instead (`agentic/rollout/chat.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from agentic.core import (
+    Completion,
     GenerateRequest,
     GenerationAborted,
     Generator,
@@ -45,7 +50,7 @@ class TextCodec(Protocol):
 
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
     def decode(self, ids, skip_special_tokens: bool = False) -> str: ...
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str: ...
 
 
 class _NoClock:
@@ -64,16 +69,22 @@ class EpisodeClock:
     env: Any = _NoClock()
 
 
+EPISODE_MODES = ("continuation", "chat")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EpisodeConfig:
     """Limits and sampling of one episode.
 
     Attributes:
+      mode: "continuation" (observations appended as raw text, today's Search-R1 protocol)
+        or "chat" (observations become chat messages in the model's own chat template,
+        see `agentic.rollout.chat`).
       max_turns: model turns before the episode is truncated.
       max_new_tokens_per_turn: generation cap per turn.
       max_total_tokens: cap on prompt + all turns; reaching it truncates.
       temperature, top_p, top_k: sampling (temperature 0 = greedy, for eval).
-      use_chat_template: wrap the env's first observation as a user message.
+      use_chat_template: continuation mode: wrap the env's first observation as a user message.
       stop: stop strings used when the env does not announce its own
         (envs put theirs in `Observation.info["stop"]`).
 
@@ -84,6 +95,7 @@ class EpisodeConfig:
     after the cut is kept: the model learns to end its turn where the cut would.
     """
 
+    mode: str = "continuation"
     max_turns: int = 4
     max_new_tokens_per_turn: int = 500
     max_total_tokens: int = 4096
@@ -94,6 +106,8 @@ class EpisodeConfig:
     stop: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.mode not in EPISODE_MODES:
+            raise ValueError(f"unknown episode mode {self.mode!r}; choose one of {list(EPISODE_MODES)}")
         if self.max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {self.max_turns}")
         if self.max_new_tokens_per_turn < 1:
@@ -127,6 +141,104 @@ def cut_turn(ids: list[int], cuts: Sequence[str], tokenizer: TextCodec) -> tuple
     return lo, text[: text.index(cut) + len(cut)]
 
 
+@dataclasses.dataclass
+class EpisodeRecord:
+    """The episode so far, token in / token out: what both episode modes append to."""
+
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    mask: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    turn_starts: list[int] = dataclasses.field(default_factory=list)
+    versions: list[int] = dataclasses.field(default_factory=list)
+    prompt_len: int = 0
+    reward: float = 0.0
+    done: bool = False
+    truncated: bool = False
+    empty_turn: bool = False
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def add_context(self, ids: Sequence[int]) -> None:
+        """Prompt, observation or template tokens: loss mask 0."""
+        self.tokens += ids
+        self.mask += [0] * len(ids)
+        self.logprobs += [0.0] * len(ids)
+
+    def add_turn(self, completion: Completion, kept: int) -> None:
+        """The first `kept` sampled tokens of a model turn: loss mask 1, their behavior log-probs."""
+        self.turn_starts.append(len(self.tokens))
+        self.versions.append(completion.weight_version)
+        self.tokens += completion.token_ids[:kept]
+        self.mask += [1] * kept
+        self.logprobs += completion.logprobs[:kept]
+
+    def take_step(self, step: Step) -> bool:
+        """Records the env's step; True when it ended the episode."""
+        self.reward += step.reward
+        self.info = dict(step.info)
+        if step.done or step.truncated:
+            self.done, self.truncated = step.done, step.truncated
+            return True
+        return False
+
+    def trajectory(self, *, task: Task, group_id: str, env_metrics: dict[str, float],
+                   extra_metrics: dict[str, float] | None = None) -> Trajectory:
+        metrics = {k: float(v) for k, v in {**dict(self.info.get("metrics", {})), **env_metrics}.items()}
+        metrics.setdefault("turns", float(len(self.turn_starts)))
+        metrics["response_tokens"] = float(sum(self.mask))
+        metrics["truncated"] = float(self.truncated)
+        metrics["empty_turn"] = float(self.empty_turn)
+        metrics.update(extra_metrics or {})
+        return Trajectory(
+            tokens=np.asarray(self.tokens, np.int32),
+            loss_mask=np.asarray(self.mask, np.int8),
+            behavior_logprobs=np.asarray(self.logprobs, np.float32),
+            reward=self.reward,
+            group_id=group_id,
+            policy_version=min(self.versions) if self.versions else 0,
+            prompt_len=self.prompt_len,
+            turn_starts=tuple(self.turn_starts),
+            truncated=self.truncated,
+            metrics=metrics,
+            task_id=str(task.get("id", "")),
+        )
+
+
+async def sample_turn(generator: Generator, record: EpisodeRecord, config: EpisodeConfig, *, turn: int,
+                      stop: tuple[str, ...], stop_token_ids: tuple[int, ...], seed: int, episode_id: str,
+                      clock: EpisodeClock) -> Completion | None:
+    """Generates one model turn from the whole episode so far; None when no token budget is left.
+
+    Raises `GenerationAborted` when the generator aborted the turn."""
+    budget = min(config.max_new_tokens_per_turn, config.max_total_tokens - len(record.tokens))
+    if budget <= 0:
+        return None
+    params = SamplingParams(
+        max_new_tokens=budget,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        stop=stop,
+        stop_token_ids=stop_token_ids,
+        seed=seed * 1009 + turn,
+    )
+    with clock.generate:
+        completion = await generator.generate_one(
+            GenerateRequest(prompt_ids=tuple(record.tokens), params=params, session_id=episode_id))
+    if completion.finish_reason == "abort":  # e.g. the engine shut down mid-turn
+        raise GenerationAborted(f"turn {turn} of episode {episode_id} was aborted "
+                                f"({completion.matched or 'no reason given'})", completion)
+    return completion
+
+
+async def close_episode(env: EnvSession, generator: Generator, episode_id: str, clock: EpisodeClock
+                        ) -> dict[str, float]:
+    """Closes the env session and frees the generator's state of the episode; returns the env's metrics."""
+    with clock.env:
+        closed = await env.close()
+    await generator.release(episode_id)
+    return closed if isinstance(closed, dict) else getattr(env, "metrics", dict)()
+
+
 async def run_episode(
     *,
     env: EnvSession,
@@ -145,96 +257,50 @@ async def run_episode(
     them), and so does a turn the generator aborted (`GenerationAborted`): its
     partial output is never trained on as a normal turn. The env session is
     closed in every case. `clock` times the generate and env calls.
+    `config.mode == "chat"` runs the episode as a chat (`agentic.rollout.chat`).
     """
-    tokens: list[int] = []
-    mask: list[int] = []
-    logprobs: list[float] = []
-    turn_starts: list[int] = []
-    versions: list[int] = []
-    reward = 0.0
-    done = truncated = empty_turn = False
-    info: dict[str, Any] = {}
+    if config.mode == "chat":
+        from agentic.rollout.chat import run_chat_episode  # chat.py builds on this module
+
+        return await run_chat_episode(env=env, task=task, generator=generator, tokenizer=tokenizer, config=config,
+                                      episode_id=episode_id, group_id=group_id, seed=seed, clock=clock)
+    record = EpisodeRecord()
     try:
         with clock.env:
             obs = await env.reset(task)
         prompt = obs.text
         if config.use_chat_template:
             prompt = tokenizer.apply_chat_template([{"role": "user", "content": obs.text}], add_generation_prompt=True)
-        tokens += tokenizer.encode(prompt, add_special_tokens=False)
-        mask += [0] * len(tokens)
-        logprobs += [0.0] * len(tokens)
-        prompt_len = len(tokens)
+        record.add_context(tokenizer.encode(prompt, add_special_tokens=False))
+        record.prompt_len = len(record.tokens)
         stop = tuple(obs.info.get("stop", ())) or config.stop
         turn_cut = tuple(obs.info.get("turn_cut", ()))
         for turn in range(config.max_turns):
-            budget = min(config.max_new_tokens_per_turn, config.max_total_tokens - len(tokens))
-            if budget <= 0:
-                truncated = True
+            completion = await sample_turn(generator, record, config, turn=turn, stop=stop,
+                                           stop_token_ids=(tokenizer.eos_token_id,), seed=seed,
+                                           episode_id=episode_id, clock=clock)
+            if completion is None:
+                record.truncated = True
                 break
-            params = SamplingParams(
-                max_new_tokens=budget,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                top_k=config.top_k,
-                stop=stop,
-                stop_token_ids=(tokenizer.eos_token_id,),
-                seed=seed * 1009 + turn,
-            )
-            with clock.generate:
-                completion = await generator.generate_one(
-                    GenerateRequest(prompt_ids=tuple(tokens), params=params, session_id=episode_id))
-            if completion.finish_reason == "abort":  # e.g. the engine shut down mid-turn
-                raise GenerationAborted(f"turn {turn} of episode {episode_id} was aborted "
-                                        f"({completion.matched or 'no reason given'})", completion)
             kept, action = cut_turn(list(completion.token_ids), turn_cut, tokenizer)
             if completion.token_ids[kept:kept + 1] == (tokenizer.eos_token_id,):
                 kept += 1  # the model ended its turn right at the cut: keep (and train) its EOS
-            turn_starts.append(len(tokens))
-            versions.append(completion.weight_version)
-            tokens += completion.token_ids[:kept]
-            mask += [1] * kept
-            logprobs += completion.logprobs[:kept]
+            record.add_turn(completion, kept)
             if not action:  # e.g. only EOS: nothing to send; the episode ends with what it has earned
-                empty_turn = True
+                record.empty_turn = True
                 break
             with clock.env:
                 step = await env.step(action)
-            reward += step.reward
-            info = dict(step.info)
-            if step.done or step.truncated:
-                done, truncated = step.done, step.truncated
+            if record.take_step(step):
                 break
             if step.observation:
                 obs_ids = tokenizer.encode(step.observation, add_special_tokens=False)
-                room = config.max_total_tokens - len(tokens)
-                if len(obs_ids) >= room:
-                    truncated = True
+                if len(obs_ids) >= config.max_total_tokens - len(record.tokens):
+                    record.truncated = True
                     break
-                tokens += obs_ids
-                mask += [0] * len(obs_ids)
-                logprobs += [0.0] * len(obs_ids)
+                record.add_context(obs_ids)
         else:
-            truncated = not done
+            record.truncated = not record.done
     finally:
-        with clock.env:
-            closed = await env.close()
-        await generator.release(episode_id)
-    env_metrics = closed if isinstance(closed, dict) else getattr(env, "metrics", dict)()
-    metrics = {k: float(v) for k, v in {**dict(info.get("metrics", {})), **env_metrics}.items()}
-    metrics.setdefault("turns", float(len(turn_starts)))
-    metrics["response_tokens"] = float(sum(mask))
-    metrics["truncated"] = float(truncated)
-    metrics["empty_turn"] = float(empty_turn)
-    return Trajectory(
-        tokens=np.asarray(tokens, np.int32),
-        loss_mask=np.asarray(mask, np.int8),
-        behavior_logprobs=np.asarray(logprobs, np.float32),
-        reward=reward,
-        group_id=group_id,
-        policy_version=min(versions) if versions else 0,
-        prompt_len=prompt_len,
-        turn_starts=tuple(turn_starts),
-        truncated=truncated,
-        metrics=metrics,
-        task_id=str(task.get("id", "")),
-    )
+        env_metrics = await close_episode(env, generator, episode_id, clock)
+    return record.trajectory(task=task, group_id=group_id, env_metrics=env_metrics)

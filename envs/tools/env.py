@@ -16,6 +16,12 @@ and each call is answered, in order, with
 timeouts, so the model can learn from its mistakes). Calls of one turn run concurrently. The
 episode ends when the model answers with <answer>...</answer> (and no tool call), or after
 `max_turns`. With a gold `answer` in the task the final answer is checked by `envs.math.checker`.
+
+For chat episodes (`agentic.rollout.chat`) each step also gives its reply as chat messages,
+`Step.info["messages"]`: one `tool` message per call (its JSON body; the model's chat template
+wraps it, e.g. Qwen2.5's in <tool_response>), or a `user` message when the turn held neither a
+call nor an answer; and the reset gives the tool schemas (`info["tools"]`, for templates with a
+tools block) and the system prompt with and without the tool list.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from envs.math.checker import is_equivalent
 _TOOL_CALL = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
+INSTRUCTIONS = ("You are a helpful assistant that can call tools. "
+                "When you know the final answer, reply with <answer>your answer</answer>.")
 SYSTEM_TEMPLATE = """You are a helpful assistant that can call tools.
 
 # Tools
@@ -59,7 +67,9 @@ class ToolEnv(Env):
     `max_turns` (8), `max_calls_per_turn` (8), `call_timeout_s` (30), `instructions_in_prompt`
     (False): put the tool instructions (the system prompt) in front of the task's prompt and end
     each model turn at its first `</tool_call>` or `</answer>` (`Observation.info["stop"]`), the
-    continuation-style episode (as Search-R1's) for models run without a tools chat template.
+    continuation-style episode (as Search-R1's) for models run without a tools chat template;
+    leave it False for chat episodes (the instructions go in the system message, one turn may
+    hold several calls).
     Task: `{"prompt": str, "answer": str | list[str] (optional)}`.
     """
 
@@ -86,7 +96,8 @@ class ToolEnv(Env):
         prompt = str(task.get("prompt") or task.get("question") or "")
         if not prompt:
             raise ValueError("tools task needs 'prompt'")
-        info: dict[str, Any] = {"system": self.system_prompt(), "tools": [t.schema() for t in self.tools.values()]}
+        info: dict[str, Any] = {"system": self.system_prompt(), "system_without_tools": INSTRUCTIONS,
+                                "tools": [t.schema() for t in self.tools.values()]}
         if self.instructions_in_prompt:
             prompt = f"{info['system']}\n\n{prompt}"
             info["stop"] = ["</tool_call>", "</answer>"]
@@ -101,18 +112,22 @@ class ToolEnv(Env):
             return Step(observation="", reward=float(self.correct), done=True,
                         info={"answer": answer[-1].strip(), "metrics": self.metrics()})
         if not blocks:
-            responses = [_response(None, error="no <tool_call> or <answer> found in your reply; call a tool "
-                                               "with <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call> "
-                                               "or answer with <answer>...</answer>")]
+            error = ("no <tool_call> or <answer> found in your reply; call a tool with "
+                     "<tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call> or answer with <answer>...</answer>")
+            bodies = [_body(None, error=error)]
+            messages = [{"role": "user", "content": error}]
             self.errors += 1
         else:
-            responses = await asyncio.gather(*(self._call(b, i) for i, b in enumerate(blocks)))
-        text = "\n".join(responses)
+            bodies = await asyncio.gather(*(self._call(b, i) for i, b in enumerate(blocks)))
+            messages = [{"role": "tool", "content": body} for body in bodies]
+        text = "\n".join(f"<tool_response>\n{body}\n</tool_response>" for body in bodies)
         if self.turns >= self.max_turns:
-            return Step(observation=text, truncated=True, info={"reason": "max_turns", "metrics": self.metrics()})
-        return Step(observation=text)
+            return Step(observation=text, truncated=True,
+                        info={"reason": "max_turns", "metrics": self.metrics(), "messages": messages})
+        return Step(observation=text, info={"messages": messages})
 
     async def _call(self, block: str, index: int) -> str:
+        """Runs one call; returns its response body (JSON)."""
         self.calls += 1
         name = None
         try:
@@ -144,10 +159,10 @@ class ToolEnv(Env):
                 raise
             except Exception as e:
                 raise ToolError(f"tool {name!r} failed: {type(e).__name__}: {e}") from None
-            return _response(name, content=str(content))
+            return _body(name, content=str(content))
         except ToolError as e:
             self.errors += 1
-            return _response(name, error=str(e))
+            return _body(name, error=str(e))
 
     async def close(self) -> None:
         await asyncio.gather(*(t.close() for t in self.tools.values()), return_exceptions=True)
@@ -157,10 +172,10 @@ class ToolEnv(Env):
                 "correct": float(self.correct)}
 
 
-def _response(name: str | None, *, content: str | None = None, error: str | None = None) -> str:
+def _body(name: str | None, *, content: str | None = None, error: str | None = None) -> str:
     body: dict[str, Any] = {"name": name}
     if error is not None:
         body["error"] = error
     else:
         body["content"] = content
-    return f"<tool_response>\n{json.dumps(body, ensure_ascii=False)}\n</tool_response>"
+    return json.dumps(body, ensure_ascii=False)

@@ -1,14 +1,17 @@
 r"""Tool-use math: arithmetic word problems through ToolEnv's calculator, rewarded by the math
 checker (`envs/tools/experiment.py`). The same loop as Search-R1 (`agentic.launcher`); only the
-env, its tasks and the cold start's scripted policy differ.
+env, its tasks and the cold start's scripted policy differ. Episodes are chats (`actor.mode =
+"chat"`, `agentic/rollout/chat.py`): the tool instructions are the system message, the model's
+turns end at its template's end-of-turn token, and the calculator answers in tool turns.
 
   python experiments/tool_math.py --config=experiments/configs/tool_math.py[:VARIANT] --workdir=runs/tool_math
 
 Variants:
   default  SmolLM2-135M-Instruct on a 2-core CPU: a short cold start on scripted calculator
            demonstrations, then GRPO (sync, dynamic sampling), within an 18-minute budget. Measured
-           (before ea0135a, README "Results"): 15:22 wall; correct 0.000 (16 problems) -> 0.188
-           after the cold start (64) -> 0.391 after 8 GRPO steps (64).
+           in continuation mode, before chat mode (before ea0135a, README "Results"; not yet
+           measured in chat mode): 15:22 wall; correct 0.000 (16 problems) -> 0.188 after the
+           cold start (64) -> 0.391 after 8 GRPO steps (64).
   test     a tiny random model, 2 RL steps: the whole loop with real processes, for CI.
 """
 
@@ -29,10 +32,12 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.warm_start.demos = 16
     c.warm_start.steps = 2
     c.warm_start.batch = 8
+    del c.warm_start.no_search_frac     # Search-R1's demonstrations only (tests/experiments/test_config_reads.py)
     c.env.name = "tools"
     c.env.imports = "envs.tools"
     c.env.kwargs = ml_collections.ConfigDict(
-        {"tools": ["calculator"], "max_turns": 2, "instructions_in_prompt": True})
+        {"tools": ["calculator"], "max_turns": 2, "instructions_in_prompt": False})
+    c.actor.mode = "chat"               # tool results in tool turns of the model's own chat template
     c.actor.max_turns = 3               # a call, then the answer (and one spare turn)
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 512

@@ -1,6 +1,7 @@
 """The second experiment, tool-use math, through the same loop as Search-R1 (no change to agentic/)."""
 
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -40,6 +41,31 @@ def test_scripted_policy_scores_through_the_tool_env():
     last = asyncio.run(episode())
     assert last.done and last.reward == 1.0 and last.info["answer"] == task["answer"]
     assert isinstance(demo_policy([task])(task["prompt"]), CalculateThenAnswer)
+
+
+def test_scripted_demonstration_scores_in_a_chat_episode():
+    """The variants run chat episodes: the demonstration's call is answered in a tool turn of the
+    model's chat template (SmolLM2's), its answer scores 1, and only its own tokens train."""
+    from agentic import launcher, models
+    from agentic.rollout.episode import run_episode
+    from agentic.rollout.scripted import ScriptedGenerator
+
+    config = tool_math.get_config("test")
+    episode_config = launcher.actor_config(config, eval_mode=True).episode
+    assert episode_config.mode == "chat" and not config.env.kwargs.instructions_in_prompt
+    task = word_problems(1, seed=0)[0]
+    tok = models.load_tokenizer("smollm2-135m-instruct")
+    traj = asyncio.run(run_episode(env=ToolEnv(**config.env.kwargs), task=task, tokenizer=tok,
+                                   generator=ScriptedGenerator(tok, demo_policy([task])),
+                                   config=dataclasses.replace(episode_config, max_new_tokens_per_turn=256),
+                                   episode_id="e", group_id="g", seed=0))
+    text = tok.decode(traj.tokens.tolist())
+    assert traj.reward == 1.0 and traj.metrics["tool_calls"] == 1
+    assert f'</tool_call><|im_end|>\n<|im_start|>tool\n{{"name": "calculator", "content": "{task["answer"]}"}}' in text
+    assert text.endswith(f"<|im_start|>assistant\n<answer>{task['answer']}</answer><|im_end|>")
+    trained = tok.decode(traj.tokens[traj.loss_mask == 1].tolist())
+    assert trained.startswith("<tool_call>") and trained.endswith(f"<answer>{task['answer']}</answer><|im_end|>")
+    assert "<|im_start|>" not in trained and "tool\n" not in trained
 
 
 def test_experiment_keeps_held_out_problems_apart():
