@@ -44,6 +44,7 @@ from agentic.core import Experiment, Generator, Task, Trajectory, TrajectoryQueu
 from agentic.env.local_hosts import local_env_hosts
 from agentic.learner.learner import Learner, LearnerConfig
 from agentic.metrics import CompileClock, MetricsWriter, StageClocks, mean_metrics
+from agentic.paths import as_path
 from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
 from agentic.rollout.remote_env import RemoteEnv
@@ -140,7 +141,7 @@ def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerCo
                          f"it takes {sorted(takes)} (and batch_groups)")
     return LearnerConfig(
         **lc, total_steps=config.total_steps * lc.get("num_minibatches", 1), temperature=config.actor.temperature,
-        seed=config.seed, checkpoint_dir=os.path.join(os.path.abspath(workdir), "checkpoints"),
+        seed=config.seed, checkpoint_dir=os.fspath(as_path(workdir) / "checkpoints"),
         keep_checkpoints=config.keep_checkpoints, checkpoint_every=1, distributed=False,
         max_policy_lag=config.queue.max_lag)
 
@@ -227,8 +228,8 @@ def evaluate(tasks: Sequence[Task], *, actor_config: ActorConfig, make_env, gene
 
 
 def has_checkpoint(workdir: str) -> bool:
-    ckpt = os.path.join(workdir, "checkpoints")
-    return os.path.isdir(ckpt) and any(d.isdigit() for d in os.listdir(ckpt))
+    ckpt = as_path(workdir) / "checkpoints"
+    return ckpt.is_dir() and any(d.name.isdigit() for d in ckpt.iterdir())
 
 
 def warm_start(config, workdir, experiment: Experiment, model_cfg, params, tokenizer, make_env, actors, mesh,
@@ -280,11 +281,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
     during RL and at the end, and where the time went)."""
     start = time.monotonic()
     compile_clock = CompileClock()
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     if config.distributed:
         sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    # the one writer of config.json, metrics and plots (asking JAX only when it must: that starts
+    # its backend, and env hosts are started before)
+    primary = not config.distributed or jax.process_index() == 0
+    if primary:
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
     if config.sebulba.mode not in ("async", "sync"):
         raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
 
@@ -315,7 +319,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         actors, env_client = actor_thread(addresses, stack, token=config.env.token or None)
 
         make_env = env_factory(config.env.name, {**config.env.kwargs.to_dict(), **experiment.env_kwargs}, env_client)
-        writer = MetricsWriter(workdir, total_steps=config.total_steps, progress_metrics=experiment.progress_metrics)
+        writer = MetricsWriter(workdir, total_steps=config.total_steps, progress_metrics=experiment.progress_metrics,
+                               primary=primary)
         stack.callback(writer.close)
         mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
         fresh = not has_checkpoint(workdir)

@@ -14,6 +14,8 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from agentic.paths import as_path, is_url
+
 if TYPE_CHECKING:
     from agentic.rollout.actor import Actor
 
@@ -64,27 +66,41 @@ class CompileClock:
 
 
 class MetricsWriter:
-    """Writes scalars to TensorBoard (if available), JSONL and a progress line."""
+    """Writes scalars to JSONL, TensorBoard (if available; local workdirs only) and a progress line.
 
-    def __init__(self, workdir: str, *, total_steps: int, progress_metrics: tuple[str, ...] = (), stream=sys.stdout):
-        os.makedirs(workdir, exist_ok=True)
+    `workdir` may be a URL (gs://...): metrics.jsonl goes there through etils.epath. Only the
+    `primary` process writes (under multi-process training the others pass primary=False and
+    write nothing, not even the progress line).
+    """
+
+    def __init__(self, workdir: str, *, total_steps: int, progress_metrics: tuple[str, ...] = (), stream=sys.stdout,
+                 primary: bool = True):
         self.total_steps = total_steps
         own = tuple((k, k + " {:.3f}") for k in progress_metrics if k not in dict(PROGRESS_KEYS))
         self.progress_keys = PROGRESS_KEYS[:1] + own + PROGRESS_KEYS[1:]
-        self.stream = stream
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+        self.stream = stream if primary else None
         self._start = time.monotonic()
-        try:
-            from tensorboardX import SummaryWriter
+        self._jsonl = self._tb = None
+        if not primary:
+            return
+        path = as_path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        self._jsonl = (path / "metrics.jsonl").open("a")
+        if not is_url(workdir):
+            try:
+                from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        except ImportError:  # pragma: no cover - tensorboardX is in requirements
-            self._tb = None
+                self._tb = SummaryWriter(os.fspath(path / "tensorboard"))
+            except ImportError:  # pragma: no cover - tensorboardX is in requirements
+                pass
 
     def write(self, step: int, scalars: Mapping[str, float], *, prefix: str = "train", total: int | None = None,
               quiet: bool = False) -> None:
+        if self._jsonl is None:  # not the primary process
+            return
         clean = {k: float(v) for k, v in scalars.items() if _is_number(v)}
         self._jsonl.write(json.dumps({"step": step, "split": prefix, "time_s": time.monotonic() - self._start, **clean}) + "\n")
+        self._jsonl.flush()
         if self._tb is not None:
             for k, v in clean.items():
                 self._tb.add_scalar(f"{prefix}/{k}", v, step)
@@ -97,7 +113,8 @@ class MetricsWriter:
               file=self.stream, flush=True)
 
     def close(self) -> None:
-        self._jsonl.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
 

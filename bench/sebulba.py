@@ -1,8 +1,9 @@
 """Sebulba (async) vs synchronous RL: wall-clock for the same learner steps.
 
   python bench/sebulba.py [--steps 8] [--model tiny] [--variant test] [--layout split|shared]
-  python bench/sebulba.py --variant default --layout shared --steps 3 --group-size 5 --batch-groups 2 \
-      --new-tokens 48      # the README's first command's layout and model (what picks its mode)
+  python bench/sebulba.py --variant default --model '' --layout shared --steps 4 --as-configured
+      # the README's first command's loop (its model, cold start, dynamic sampling, queue),
+      # minus the evals: what picks its mode
 
 Runs experiments/search_r1.py twice on the same workload (same config, seed,
 number of learner steps): once with `--config.sebulba.mode=async` (actors keep
@@ -95,14 +96,17 @@ def export_initial_weights(model: str, out_dir: str) -> None:
 
 
 def run(mode: str, args, workdir: str, weights_dir: str | None) -> dict:
-    # The same work in both modes: no cold start, no evals, no time budget, every group trained on.
+    # The same work in both modes: no evals, no time budget; by default also no cold start and
+    # every group trained on. --as-configured keeps the variant's own loop settings (its cold
+    # start, dynamic sampling, queue capacity and max lag: stale groups dropped count against it).
     cmd = [sys.executable, "experiments/search_r1.py", f"--config=experiments/configs/search_r1.py:{args.variant}",
            f"--workdir={workdir}", f"--config.sebulba.mode={mode}", f"--config.total_steps={args.steps}",
-           "--config.eval_tasks=0", "--config.warm_start.demos=0", "--config.time_budget_s=0",
-           "--config.sebulba.dynamic_sampling=False",
-           f"--config.actor.group_size={args.group_size}", f"--config.learner.batch_groups={args.batch_groups}",
-           f"--config.queue.capacity_groups={args.batch_groups}",
-           f"--config.actor.max_new_tokens_per_turn={args.new_tokens}", "--config.checkpoint_every=1000"]
+           "--config.eval_tasks=0", "--config.time_budget_s=0", "--config.checkpoint_every=1000"]
+    if not args.as_configured:
+        cmd += ["--config.warm_start.demos=0", "--config.sebulba.dynamic_sampling=False",
+                f"--config.actor.group_size={args.group_size}", f"--config.learner.batch_groups={args.batch_groups}",
+                f"--config.queue.capacity_groups={args.batch_groups}",
+                f"--config.actor.max_new_tokens_per_turn={args.new_tokens}"]
     cmd.append(f"--config.model.name={args.model}")
     server = None
     if weights_dir:
@@ -133,6 +137,9 @@ def main():
     p.add_argument("--group-size", type=int, default=4)
     p.add_argument("--batch-groups", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--as-configured", action="store_true",
+                   help="keep the variant's cold start, dynamic sampling and queue (ignores --group-size, "
+                        "--batch-groups, --new-tokens): the README's first command's loop, minus evals")
     p.add_argument("--layout", default="split" if len(os.sched_getaffinity(0)) >= 2 else "shared",
                    choices=["shared", "split"])
     p.add_argument("--actor-cpus", default="1", help="split layout: CPUs of the generator server (e.g. 1 or 2-3)")
@@ -162,7 +169,8 @@ def main():
             r = results[mode]
             print(f"{mode:>5}: {r['steps']:.0f} learner steps in {r['train_s']:.1f}s (steps 2..{r['steps']:.0f}, "
                   f"after compilation: {r['steady_s']:.1f}s)  learner idle {r['learner_idle_frac']:.0%}  "
-                  f"actor idle {r['actor_idle_frac']:.0%}", flush=True)
+                  f"actor idle {r['actor_idle_frac']:.0%}  groups trained {r.get('trained_frac', 1):.0%}, "
+                  f"dropped stale {r.get('stale_frac', 0):.0%}", flush=True)
     ratio = results["sync"]["train_s"] / results["async"]["train_s"]
     steady = results["sync"]["steady_s"] / results["async"]["steady_s"]
     print(f"speedup async vs sync (same {args.steps} learner steps, model {args.model}, {args.layout} layout): "

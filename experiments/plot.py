@@ -7,9 +7,14 @@
   # several runs (e.g. a sweep's, experiments/sweep.py) on one figure, a line per run
 """
 
+import io
 import json
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from agentic.paths import as_path  # noqa: E402  (etils.epath: workdirs may be URLs)
 
 CURVES = (("reward", "train reward"), ("turns", "turns"), ("trained_frac", "share of generated groups trained on"),
           ("step_s", "seconds per step"))
@@ -21,11 +26,10 @@ EVAL_SPLITS = (("eval_start", "D", "as given"), ("eval_warm_start", "s", "after 
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = as_path(workdir) / "metrics.jsonl"
+    if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {workdir!r} the workdir of a run?")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_workdir(workdir: str, out: str | None = None, metrics: tuple[str, ...] = ()) -> str:
@@ -52,9 +56,11 @@ def plot_workdir(workdir: str, out: str | None = None, metrics: tuple[str, ...] 
         if ax.has_data():
             ax.legend(fontsize=7)
     fig.tight_layout()
-    out = out or os.path.join(workdir, "curves.png")
-    fig.savefig(out, dpi=80)
+    out = out or os.fspath(as_path(workdir) / "curves.png")
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=80)
     plt.close(fig)
+    as_path(out).write_bytes(image.getvalue())  # a local path or a URL (gs://...)
     return out
 
 

@@ -18,6 +18,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import jax
+
 from agentic import launcher
 from agentic.core import Experiment
 from experiments import plot
@@ -42,9 +44,10 @@ def summarize(stats: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]
 
 def run(config, workdir: str, experiment: Experiment) -> dict[str, Any]:
     stats = launcher.train(config, workdir, experiment)
-    plot.plot_workdir(workdir, metrics=experiment.progress_metrics)
     summary = summarize(stats, experiment.progress_metrics)
-    print("done:", json.dumps(summary), flush=True)
+    if not config.distributed or jax.process_index() == 0:  # one writer
+        plot.plot_workdir(workdir, metrics=experiment.progress_metrics)
+        print("done:", json.dumps(summary), flush=True)
     return summary
 
 

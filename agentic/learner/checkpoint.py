@@ -19,19 +19,22 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from agentic.paths import as_path
+
 
 class Checkpointer:
     """Saves and restores learner checkpoints in `directory`.
 
     Args:
-      directory: where step directories go (created if missing).
+      directory: where step directories go (created if missing); a local path or a URL
+        (gs://...), kept as a URL (`agentic.paths`).
       keep: how many most recent checkpoints to keep (None keeps all).
       every: save only steps that are multiples of this (others are skipped unless forced).
       async_save: write in a background thread.
     """
 
     def __init__(self, directory: str, *, keep: int | None = 3, every: int = 1, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = os.fspath(as_path(directory))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=every, create=True,
             enable_async_checkpointing=async_save)

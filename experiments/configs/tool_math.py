@@ -8,10 +8,9 @@ turns end at its template's end-of-turn token, and the calculator answers in too
 
 Variants:
   default  SmolLM2-135M-Instruct on a 2-core CPU: a short cold start on scripted calculator
-           demonstrations, then GRPO (sync, dynamic sampling), within an 18-minute budget. Measured
-           in continuation mode, before chat mode (before ea0135a, README "Results"; not yet
-           measured in chat mode): 15:22 wall; correct 0.000 (16 problems) -> 0.188 after the
-           cold start (64) -> 0.391 after 8 GRPO steps (64).
+           demonstrations, then GRPO (sync, dynamic sampling), within a 14-minute budget. Measured
+           at 639ab5b (README "Results"): 13:31 wall; correct 0.000 (16 problems) -> 0.000 after
+           the cold start (64) -> 0.547 after 9 GRPO steps (64), 1.0 calculator calls per episode.
   test     a tiny random model, 2 RL steps: the whole loop with real processes, for CI.
 """
 
@@ -27,7 +26,7 @@ from experiments.configs import search_r1  # noqa: E402  (the loop's base config
 
 def cpu_default() -> ml_collections.ConfigDict:
     c = search_r1.cpu_default()
-    c.time_budget_s = 18 * 60.0
+    c.time_budget_s = 14 * 60.0
     c.total_steps = 20
     c.warm_start.demos = 16
     c.warm_start.steps = 2

@@ -61,6 +61,7 @@ def learning_config():
     c.eval_tasks = c.eval_quick_tasks = 0
     c.checkpoint_every = 1000
     c.sebulba.dynamic_sampling = False
+    c.sebulba.mode = "sync"             # step 1 trains on the initial policy's episodes only
     c.sebulba.learner_devices = 1       # tests see 8 CPU devices; one learner device is enough
     c.actor.group_size = 8
     c.actor.concurrent_groups = 2
