@@ -283,9 +283,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
     compile_clock = CompileClock()
     if config.distributed:
         sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    # the one writer of config.json, metrics and plots (asking JAX only when it must: that starts
-    # its backend, and env hosts are started before)
-    primary = not config.distributed or jax.process_index() == 0
+    primary = sharding.is_primary(config.distributed)  # the one writer of config.json, metrics and plots
     if primary:
         as_path(workdir).mkdir(parents=True, exist_ok=True)
         (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))

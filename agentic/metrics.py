@@ -78,7 +78,7 @@ class MetricsWriter:
         self.total_steps = total_steps
         own = tuple((k, k + " {:.3f}") for k in progress_metrics if k not in dict(PROGRESS_KEYS))
         self.progress_keys = PROGRESS_KEYS[:1] + own + PROGRESS_KEYS[1:]
-        self.stream = stream if primary else None
+        self.stream = stream
         self._start = time.monotonic()
         self._jsonl = self._tb = None
         if not primary:

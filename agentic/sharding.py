@@ -123,6 +123,12 @@ def batch_divisor(mesh: Mesh) -> int:
 _DISTRIBUTED = False
 
 
+def is_primary(distributed: bool) -> bool:
+    """Whether this process writes the run's files (config, metrics, plots): process 0, or the only
+    one. Asks JAX only under `distributed` (that starts its backend)."""
+    return not distributed or jax.process_index() == 0
+
+
 def initialize_distributed(coordinator_address: str = "", num_processes: int = 0, process_id: int = -1,
                            **kwargs) -> None:
     """`jax.distributed.initialize` once per process.

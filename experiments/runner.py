@@ -18,9 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import jax
-
-from agentic import launcher
+from agentic import launcher, sharding
 from agentic.core import Experiment
 from experiments import plot
 
@@ -45,7 +43,7 @@ def summarize(stats: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]
 def run(config, workdir: str, experiment: Experiment) -> dict[str, Any]:
     stats = launcher.train(config, workdir, experiment)
     summary = summarize(stats, experiment.progress_metrics)
-    if not config.distributed or jax.process_index() == 0:  # one writer
+    if sharding.is_primary(config.distributed):  # one writer
         plot.plot_workdir(workdir, metrics=experiment.progress_metrics)
         print("done:", json.dumps(summary), flush=True)
     return summary
