@@ -6,8 +6,12 @@
 #    install the pinned requirements (plus jax[tpu] on the TPU VM);
 # 3. start `python -m agentic.env.host` on each CPU VM and wait until it is ready; the hosts listen
 #    on 0.0.0.0 and require a token generated for this run (copied as a file, never printed);
-# 4. run experiments/search_r1.py on every TPU worker (--worker=all) with that token in
+# 4. with --actor-vms N: start N actor VMs (`--role=actor`, detached), actor i pushing groups to TPU
+#    worker i mod W and following its weight stream;
+# 5. run experiments/search_r1.py on every TPU worker (--worker=all) with that token in
 #    $AGENTIC_ENV_TOKEN; the program calls jax.distributed.initialize() (--config.distributed=True).
+#    With actor VMs each worker runs `--role=learner` (its trajectory queue and weight stream on
+#    0.0.0.0); without, `--role=all` (actors on the TPU workers' own engines or SGLang servers).
 # --dry-run prints every command (prefixed with '+ ') and runs none of them.
 set -euo pipefail
 
@@ -35,6 +39,11 @@ Options:
   --env-port PORT           env host gRPC port (default: $ENV_PORT)
   --sglang-urls URLS        comma-separated SGLang server URLs (http://HOST:PORT); the actors
                             generate with them instead of the embedded engine
+  --actor-vms N             VMs running actor processes (--role=actor; default: $ACTOR_VMS: the
+                            actors run on the TPU workers); the TPU workers then run --role=learner
+  --actor-machine-type TYPE machine type of the actor VMs (default: $ACTOR_MACHINE_TYPE)
+  --queue-port PORT         the learners' trajectory queue port (default: $QUEUE_PORT)
+  --weights-port PORT       the learners' weight stream port (default: $WEIGHTS_PORT)
   --detach                  start training under nohup (log: ~/agentic/train.log on each
                             worker) instead of streaming its output here
   --dry-run                 print each command, prefixed with '+ ', and run nothing
@@ -65,6 +74,10 @@ ENV_MACHINE_TYPE=n2-standard-16
 ENV_WORKERS=4
 ENV_PORT=50051
 SGLANG_URLS=
+ACTOR_VMS=0
+ACTOR_MACHINE_TYPE=n2-standard-16
+QUEUE_PORT=50060
+WEIGHTS_PORT=50061
 DETACH=0
 DRY_RUN=0
 EXTRA=()
@@ -85,7 +98,8 @@ while (($#)); do
   else
     case $flag in
       --name | --zone | --project | --accelerator-type | --version | --config | --workdir | --env-hosts | \
-        --env-machine-type | --env-workers | --env-port | --sglang-urls)
+        --env-machine-type | --env-workers | --env-port | --sglang-urls | --actor-vms | --actor-machine-type | \
+        --queue-port | --weights-port)
         (($# >= 2)) || die "$flag needs a value (see --help)"
         value=$2
         shift 2
@@ -106,6 +120,10 @@ while (($#)); do
     --env-workers) ENV_WORKERS=$value ;;
     --env-port) ENV_PORT=$value ;;
     --sglang-urls) SGLANG_URLS=$value ;;
+    --actor-vms) ACTOR_VMS=$value ;;
+    --actor-machine-type) ACTOR_MACHINE_TYPE=$value ;;
+    --queue-port) QUEUE_PORT=$value ;;
+    --weights-port) WEIGHTS_PORT=$value ;;
     *) die "unknown flag '$flag' (see --help)" ;;
   esac
 done
@@ -114,7 +132,8 @@ done
 [[ $WORKDIR == gs://* ]] || note "warning: --workdir $WORKDIR is not gs://; each TPU worker writes its own local copy"
 [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name '$NAME' must be lowercase letters, digits and '-' (a GCE name)"
 [[ $VARIANT =~ ^[A-Za-z0-9_]+$ ]] || die "--config '$VARIANT' is not a variant name (e.g. qwen2_5_7b_tpu)"
-for pair in "--env-hosts:$ENV_HOSTS" "--env-workers:$ENV_WORKERS" "--env-port:$ENV_PORT"; do
+for pair in "--env-hosts:$ENV_HOSTS" "--env-workers:$ENV_WORKERS" "--env-port:$ENV_PORT" \
+  "--actor-vms:$ACTOR_VMS" "--queue-port:$QUEUE_PORT" "--weights-port:$WEIGHTS_PORT"; do
   [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "${pair%%:*} '${pair#*:}' must be a non-negative integer"
 done
 if [[ -n $SGLANG_URLS ]]; then
@@ -192,16 +211,24 @@ else
     --accelerator-type="$ACCELERATOR_TYPE" --version="$VERSION"
 fi
 
-ENV_VMS=()
-for ((i = 1; i <= ENV_HOSTS; i++)); do
-  vm=$NAME-env-$i
-  ENV_VMS+=("$vm")
-  if exists gcloud compute instances describe "$vm" "${GCLOUD_FLAGS[@]}"; then
-    note "reusing env host VM $vm"
+# cpu_vm NAME MACHINE_TYPE WHAT: creates the CPU VM unless it exists.
+cpu_vm() {
+  if exists gcloud compute instances describe "$1" "${GCLOUD_FLAGS[@]}"; then
+    note "reusing $3 VM $1"
   else
-    run gcloud compute instances create "$vm" "${GCLOUD_FLAGS[@]}" --machine-type="$ENV_MACHINE_TYPE" \
+    run gcloud compute instances create "$1" "${GCLOUD_FLAGS[@]}" --machine-type="$2" \
       --image-family=ubuntu-2204-lts --image-project=ubuntu-os-cloud --boot-disk-size=100GB
   fi
+}
+ENV_VMS=()
+for ((i = 1; i <= ENV_HOSTS; i++)); do
+  ENV_VMS+=("$NAME-env-$i")
+  cpu_vm "$NAME-env-$i" "$ENV_MACHINE_TYPE" "env host"
+done
+ACTOR_VM_NAMES=()
+for ((i = 0; i < ACTOR_VMS; i++)); do
+  ACTOR_VM_NAMES+=("$NAME-actor-$i")
+  cpu_vm "$NAME-actor-$i" "$ACTOR_MACHINE_TYPE" actor
 done
 
 # ---------------------------------------------------------------- 2. code + install
@@ -213,10 +240,10 @@ if ((ENV_HOSTS)); then
   run bash -c "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > $(quote "$TOKEN_FILE")"
   run gcloud compute tpus tpu-vm scp "$TOKEN_FILE" "$NAME:$REMOTE_DIR/$REMOTE_TOKEN" --worker=all "${GCLOUD_FLAGS[@]}"
 fi
-for vm in "${ENV_VMS[@]}"; do
+for vm in "${ENV_VMS[@]}" "${ACTOR_VM_NAMES[@]}"; do
   run gcloud compute scp "$TARBALL" "$vm:$REMOTE_TARBALL" "${GCLOUD_FLAGS[@]}"
   run gcloud compute ssh "$vm" "${GCLOUD_FLAGS[@]}" --command="$CPU_INSTALL"
-  run gcloud compute scp "$TOKEN_FILE" "$vm:$REMOTE_DIR/$REMOTE_TOKEN" "${GCLOUD_FLAGS[@]}"
+  ((!ENV_HOSTS)) || run gcloud compute scp "$TOKEN_FILE" "$vm:$REMOTE_DIR/$REMOTE_TOKEN" "${GCLOUD_FLAGS[@]}"
 done
 
 # ---------------------------------------------------------------- 3. env hosts
@@ -240,19 +267,44 @@ for vm in "${ENV_VMS[@]}"; do
   ENV_ADDRESSES+=("$ip:$ENV_PORT")
 done
 
-# ---------------------------------------------------------------- 4. train
-train=(.venv/bin/python experiments/search_r1.py
-  "--config=experiments/configs/search_r1.py:$VARIANT" "--workdir=$WORKDIR" --config.distributed=True)
+# ---------------------------------------------------------------- 4. actors (--actor-vms)
+common=()
 if ((${#ENV_ADDRESSES[@]})); then
-  train+=("--config.env.hosts=$(IFS=,; echo "${ENV_ADDRESSES[*]}")")
+  common+=("--config.env.hosts=$(IFS=,; echo "${ENV_ADDRESSES[*]}")")
 fi
 if [[ -n $SGLANG_URLS ]]; then
-  train+=(--config.generator.backend=sglang "--config.generator.sglang_urls=$SGLANG_URLS")
+  common+=(--config.generator.backend=sglang "--config.generator.sglang_urls=$SGLANG_URLS")
 fi
-train+=("${EXTRA[@]}")
-# The token reaches the trainer's EnvClient in its environment (read remotely: never printed here).
+# The token reaches EnvClients in their environment (read remotely: never printed here).
 token_env=
 ((!ENV_HOSTS)) || token_env="AGENTIC_ENV_TOKEN=\"\$(cat $REMOTE_TOKEN)\" "
+role=(--role=all)
+if ((ACTOR_VMS)); then
+  role=(--role=learner --config.remote.bind=0.0.0.0 "--config.queue.port=$QUEUE_PORT"
+    "--config.remote.weights_port=$WEIGHTS_PORT")
+  describe_tpu=(gcloud compute tpus tpu-vm describe "$NAME" "${GCLOUD_FLAGS[@]}"
+    --format='value(networkEndpoints[].ipAddress)')
+  echo "+ $(quote_all "${describe_tpu[@]}")"
+  if ((DRY_RUN)); then
+    TPU_IPS=("IP-OF-$NAME-worker-0") # placeholder: the real run asks gcloud (one IP per worker)
+  else
+    IFS=';, ' read -ra TPU_IPS <<<"$("${describe_tpu[@]}")"
+  fi
+  for ((i = 0; i < ACTOR_VMS; i++)); do
+    learner=${TPU_IPS[i % ${#TPU_IPS[@]}]} # actor i feeds TPU worker i mod W (its local data)
+    actor=(.venv/bin/python experiments/search_r1.py "--config=experiments/configs/search_r1.py:$VARIANT"
+      --role=actor "--actor_id=$i" "--config.remote.queue=$learner:$QUEUE_PORT"
+      "--config.remote.weights=$learner:$WEIGHTS_PORT" --config.remote.wait_s=3600 "${common[@]}" "${EXTRA[@]}")
+    # Detached: an actor waits (up to wait_s) for its learner to come up, and stops when it finishes.
+    run gcloud compute ssh "${ACTOR_VM_NAMES[i]}" "${GCLOUD_FLAGS[@]}" \
+      --command="cd ~/$REMOTE_DIR && ${token_env}nohup $(quote_all "${actor[@]}") > actor.log 2>&1 < /dev/null &"
+  done
+fi
+
+# ---------------------------------------------------------------- 5. train
+train=(.venv/bin/python experiments/search_r1.py
+  "--config=experiments/configs/search_r1.py:$VARIANT" "--workdir=$WORKDIR" --config.distributed=True
+  "${role[@]}" "${common[@]}" "${EXTRA[@]}")
 command="cd ~/$REMOTE_DIR && $token_env$(quote_all "${train[@]}")"
 if ((DETACH)); then
   command="cd ~/$REMOTE_DIR && ${token_env}nohup $(quote_all "${train[@]}") > train.log 2>&1 < /dev/null &"

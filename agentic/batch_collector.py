@@ -24,10 +24,12 @@ class BatchCollector:
     and generation goes on until the batch holds informative groups only, for at most
     `sebulba.max_batch_rounds` batches' worth of generated groups per step (then the step
     trains on what it has). In sync mode the groups still in flight when the batch is full are
-    finished and trained on in the same step (up to `batch_groups` more), not left to go stale.
+    finished and all of their informative ones trained on in the same step: none is left in the
+    queue to go stale while the next batch is generated.
     """
 
-    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor, actors: AsyncThread):
+    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor | None, actors: AsyncThread):
+        """`actor` None: the actors are other processes putting groups into `queue` (async only)."""
         self.queue, self.actor, self.actors = queue, actor, actors
         self.B = config.learner.batch_groups
         self.sync = config.sebulba.mode == "sync"
@@ -35,6 +37,11 @@ class BatchCollector:
         self.max_rounds = config.sebulba.max_batch_rounds
         self.group_size = config.actor.group_size
         self.uniform, self.trained_groups, self.stale_in_learner = 0, 0.0, 0.0
+        if actor is None:
+            if self.sync:
+                raise ValueError("sync mode pauses the actor: it needs one in this process")
+            self._future = None
+            return
         if self.sync:
             actor.paused.clear()
         self._future = actors.submit(actor.run())
@@ -60,7 +67,7 @@ class BatchCollector:
             if stopping():
                 return None
             got = self.queue.get(self.B - len(batch), timeout=1.0)
-            if self._future.done():
+            if self._future is not None and self._future.done():
                 self._future.result()  # re-raises the actor's crash
                 raise RuntimeError("actor stopped before the learner finished")
             for g in got:
@@ -77,15 +84,16 @@ class BatchCollector:
             self._set_paused(True)
             while self.actor.busy._active and not stopping():  # drain: its groups land in the queue
                 time.sleep(0.01)
-            # The drained groups come from the weights this batch trains; left in the queue they
-            # would be two versions old by the next batch. Their informative ones join this batch
-            # (up to `batch_groups` more), their uniform ones are set aside now.
-            batch += self._take_drained(self.B)
+            # The drained groups come from the weights this batch trains. Left in the queue they
+            # would wait behind the next step's own groups and go stale (a step drains about
+            # `concurrent_groups` of them, more than a batch). Their informative ones join this
+            # batch, their uniform ones are set aside now.
+            batch += self._take_drained()
         return batch
 
-    def _take_drained(self, limit: int) -> list[list[Trajectory]]:
+    def _take_drained(self) -> list[list[Trajectory]]:
         extra: list[list[Trajectory]] = []
-        while len(extra) < limit:
+        while True:
             got = self.queue.get(1, timeout=0)
             if not got:
                 break
@@ -104,7 +112,8 @@ class BatchCollector:
     def stats(self) -> dict[str, float]:
         """Counts over the run so far: groups the actor generated, set aside as uniform, dropped as
         stale (by the queue or the learner), trained on; and their fractions of the generated ones."""
-        generated = float(self.actor.groups_done)
+        # groups the actor generated (other processes': the groups put into the queue)
+        generated = float(self.actor.groups_done if self.actor else self.queue.stats().get("put", 0))
         stale = self.queue.stats().get("dropped_stale", 0.0) + self.stale_in_learner
         g = max(generated, 1.0)
         return {"groups_generated": generated, "groups_uniform": float(self.uniform),
@@ -112,6 +121,9 @@ class BatchCollector:
                 "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g}
 
     def close(self) -> None:
+        if self.actor is None:
+            self.queue.close()  # actor processes' next put raises QueueClosed: they stop
+            return
         if self._future is None:
             return
         self.actor.stop()

@@ -4,7 +4,8 @@
 
 gives a ConfigDict holding every field of `LearnerConfig` (its defaults, or the values given)
 under the dataclass's own names, so `--config.learner.FIELD=V` reaches every field end to end;
-fields the loop sets itself are left out (each knob has one owner). `check_overrides(argv)`
+fields the loop sets itself are left out (each knob has one owner). The launcher turns a
+section back into its dataclasses with `split` (a key no dataclass takes is an error). `check_overrides(argv)`
 runs before absl parses the flags: an override of a field the config does not have fails
 with the fields it does have, instead of a traceback from deep inside the flag parser.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -36,14 +37,19 @@ def _placeholder(field: dataclasses.Field) -> Any:
 # `distributed`, and the max policy lag (`queue.max_lag`).
 LEARNER_LOOP_FIELDS = ("total_steps", "temperature", "seed", "checkpoint_dir", "keep_checkpoints",
                        "checkpoint_every", "distributed", "max_policy_lag")
+# EngineConfig's `seed` is the run's `seed`; ActorConfig's `episode` is the section's EpisodeConfig fields.
+ENGINE_LOOP_FIELDS = ("seed",)
+ACTOR_LOOP_FIELDS = ("episode",)
 
 
-def section(cls, *, exclude: Iterable[str] = (), **values: Any) -> ml_collections.ConfigDict:
-    """Every field of dataclass `cls` (but `exclude`) with its default, overridden by `values`."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in set(exclude)}
+def section(*classes, exclude: Iterable[str] = (), **values: Any) -> ml_collections.ConfigDict:
+    """Every field of the dataclasses `classes` (but `exclude`), with its default, overridden by
+    `values`: one flat section (the actor's holds `ActorConfig`'s and `EpisodeConfig`'s fields)."""
+    fields = {f.name: f for cls in classes for f in dataclasses.fields(cls) if f.name not in set(exclude)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ValueError(f"{cls.__name__} has no fields {unknown}; it has {sorted(fields)}")
+        names = "/".join(cls.__name__ for cls in classes)
+        raise ValueError(f"{names} has no fields {unknown}; it has {sorted(fields)}")
     out = ml_collections.ConfigDict()
     for name, f in fields.items():
         if name in values:
@@ -53,8 +59,23 @@ def section(cls, *, exclude: Iterable[str] = (), **values: Any) -> ml_collection
         elif f.default_factory is not dataclasses.MISSING:
             value = f.default_factory()
         else:
-            raise ValueError(f"{cls.__name__}.{name} has no default: give it")
+            raise ValueError(f"{name} has no default: give it")
         out[name] = _placeholder(f) if value is None else value
+    return out
+
+
+def split(values: Mapping[str, Any], *owners) -> list[dict[str, Any]]:
+    """`values` (a config section as a dict) split among `owners`, each a dataclass (its fields) or
+    a tuple of key names (read by the caller): one dict per owner, in order. A key no owner takes
+    fails with the keys they do take, so a config and its dataclasses cannot drift apart."""
+    names = [{f.name for f in dataclasses.fields(o)} if dataclasses.is_dataclass(o) else set(o) for o in owners]
+    out: list[dict[str, Any]] = [{} for _ in owners]
+    for key, value in values.items():
+        i = next((i for i, n in enumerate(names) if key in n), None)
+        if i is None:
+            valid = sorted(set().union(*names))
+            raise ValueError(f"config key {key!r} is read by nothing here; the section takes {valid}")
+        out[i][key] = value
     return out
 
 

@@ -39,9 +39,10 @@ import numpy as np
 from agentic import models, sharding
 from agentic.async_thread import AsyncThread
 from agentic.batch_collector import BatchCollector
-from agentic.config import LEARNER_LOOP_FIELDS
+from agentic.config import ENGINE_LOOP_FIELDS, LEARNER_LOOP_FIELDS, split
 from agentic.core import Experiment, Generator, Task, Trajectory, TrajectoryQueue, WeightPublisher
 from agentic.env.local_hosts import local_env_hosts
+from agentic.inference.engine import EngineConfig
 from agentic.learner.learner import Learner, LearnerConfig
 from agentic.metrics import CompileClock, MetricsWriter, StageClocks, mean_metrics
 from agentic.paths import as_path
@@ -132,13 +133,8 @@ def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerCo
     """config.learner (every LearnerConfig field but the loop's own, `agentic.config`) plus the
     fields the loop owns. `config.total_steps` counts learner updates; the learner's schedule
     counts optimizer steps, `num_minibatches` per update."""
-    lc = config.learner.to_dict()
-    lc.pop("batch_groups")
-    takes = {f.name for f in dataclasses.fields(LearnerConfig)} - set(LEARNER_LOOP_FIELDS)
-    unknown = sorted(set(lc) - takes)
-    if unknown:
-        raise ValueError(f"config.learner has fields {unknown} the learner does not take from the config; "
-                         f"it takes {sorted(takes)} (and batch_groups)")
+    takes = tuple(f.name for f in dataclasses.fields(LearnerConfig) if f.name not in LEARNER_LOOP_FIELDS)
+    lc, _ = split(config.learner.to_dict(), takes, ("batch_groups",))
     return LearnerConfig(
         **lc, total_steps=config.total_steps * lc.get("num_minibatches", 1), temperature=config.actor.temperature,
         seed=config.seed, checkpoint_dir=os.fspath(as_path(workdir) / "checkpoints"),
@@ -147,27 +143,43 @@ def learner_config(config: ml_collections.ConfigDict, workdir: str) -> LearnerCo
 
 
 def actor_config(config: ml_collections.ConfigDict, *, eval_mode: bool = False) -> ActorConfig:
-    a = config.actor
-    episode = EpisodeConfig(
-        max_turns=a.max_turns, max_new_tokens_per_turn=a.max_new_tokens_per_turn,
-        max_total_tokens=a.max_total_tokens, temperature=0.0 if eval_mode else a.temperature,
-        top_p=1.0 if eval_mode else a.top_p, top_k=-1 if eval_mode else a.top_k, mode=a.mode)
-    return ActorConfig(group_size=1 if eval_mode else a.group_size,
-                       concurrent_groups=a.concurrent_groups * (a.group_size if eval_mode else 1),
-                       episode_timeout_s=a.episode_timeout_s, episode=episode)
+    """config.actor (every ActorConfig and EpisodeConfig field); eval mode: greedy, one episode
+    per task, as many episodes in flight as training runs."""
+    actor, episode = split(config.actor.to_dict(), ActorConfig, EpisodeConfig)
+    if eval_mode:
+        episode.update(temperature=0.0, top_p=1.0, top_k=-1)
+        actor.update(group_size=1, concurrent_groups=actor["concurrent_groups"] * actor["group_size"])
+    episode["stop"] = tuple(episode.get("stop", ()))
+    return ActorConfig(**actor, episode=EpisodeConfig(**episode))
 
 
 # ----------------------------------------------------------------------------- generator
 
 
+BACKEND_KEYS = ("backend", "sglang_urls", "weights_dir")  # config.generator's keys besides EngineConfig's
+
+
+def engine_config(config: ml_collections.ConfigDict) -> EngineConfig:
+    """config.generator's EngineConfig fields (every one but `seed`, the run's)."""
+    takes = tuple(f.name for f in dataclasses.fields(EngineConfig) if f.name not in ENGINE_LOOP_FIELDS)
+    engine, _ = split(config.generator.to_dict(), takes, BACKEND_KEYS)
+    return EngineConfig(**engine, seed=config.seed)
+
+
+def queue_config(config: ml_collections.ConfigDict) -> QueueConfig:
+    """config.queue's QueueConfig fields (the rest say where actors reach the queue)."""
+    queue, _ = split(config.queue.to_dict(), QueueConfig, ("grpc", "port"))
+    return QueueConfig(**queue)
+
+
 def build_generator(config, model_cfg, params, tokenizer, actor_devices, version: int = 0):
+    """The embedded engine (`engine_config`) or a client of SGLang servers."""
     g = config.generator
     if g.backend == "engine":
-        from agentic.inference.engine import EngineConfig, JaxEngine
+        from agentic.inference.engine import JaxEngine
 
-        ec = EngineConfig(num_slots=g.max_slots, max_len=g.max_seq_len, prefill_chunk=g.prefill_chunk,
-                          token_bucket_growth=g.token_bucket_growth)
-        return JaxEngine(model_cfg, params, tokenizer, ec, devices=list(actor_devices), weight_version=version)
+        return JaxEngine(model_cfg, params, tokenizer, engine_config(config), devices=list(actor_devices),
+                         weight_version=version)
     if g.backend == "sglang":
         from agentic.inference.sglang_client import SGLangClient
 
@@ -276,9 +288,23 @@ def warm_start(config, workdir, experiment: Experiment, model_cfg, params, token
 # ----------------------------------------------------------------------------- train
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment) -> dict[str, Any]:
+ROLES = ("all", "learner", "actor")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment, role: str = "all"
+          ) -> dict[str, Any]:
     """Runs the experiment; returns final metrics (evals at the start, after the cold start,
-    during RL and at the end, and where the time went)."""
+    during RL and at the end, and where the time went).
+
+    role "all": everything in this process (and with `config.distributed`, in each of the
+    processes, their learner devices forming one mesh). "learner": no actor here; the trajectory
+    queue and the weight stream are served for actor processes (`agentic.remote_actor`, role
+    "actor") to join and leave while training runs.
+    """
+    if role not in ("all", "learner"):
+        raise ValueError(f"train() runs role 'all' or 'learner', got {role!r} (role 'actor': agentic.remote_actor)")
+    if role == "learner" and config.sebulba.mode != "async":
+        raise ValueError("role 'learner' needs sebulba.mode='async': remote actors never pause for the learner")
     start = time.monotonic()
     compile_clock = CompileClock()
     if config.distributed:
@@ -296,10 +322,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         # ---- env hosts (first: forking after JAX has started its threads is unsafe)
         addresses = env_hosts(config, stack)
 
-        # ---- devices
-        actor_devs, learner_devs = split_devices(jax.local_devices(), config.sebulba.actor_devices,
-                                                 config.sebulba.learner_devices)
-        print(f"devices: actors {actor_devs}, learner {learner_devs}", flush=True)
+        # ---- devices: this process's engine devices; the learner's, of every process (one mesh)
+        def split(devices):
+            return split_devices(devices, config.sebulba.actor_devices, config.sebulba.learner_devices)
+
+        actor_devs, learner_devs = split(jax.local_devices())
+        if jax.process_count() > 1:
+            learner_devs = sharding.per_process_devices(lambda d: split(d)[1])
+        print(f"devices: actors {actor_devs}, learner {len(learner_devs)} devices over "
+              f"{jax.process_count()} process(es)", flush=True)
 
         # ---- model
         t = time.monotonic()
@@ -335,6 +366,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             writer.write(step, ev, prefix=split)
             return ev
 
+        if not primary:  # evals are process 0's (the others wait for it at the next collective step)
+            eval_tasks, quick_tasks = [], []
+
         # ---- eval at the start (the model as given), on the quick set
         if fresh and quick_tasks:
             stats["eval_start"] = run_eval(0, quick_tasks, "eval_start")
@@ -345,7 +379,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
                 raise ValueError("config.warm_start asks for demonstrations but the experiment has no demo_policy")
             params = warm_start(config, workdir, experiment, model_cfg, params, tokenizer, make_env, actors,
                                 mesh, writer)
-            publisher.publish(params, 0)
+            publisher.publish(sharding.host_local(params), 0)
             if eval_tasks:
                 stats["eval_warm_start"] = run_eval(0, eval_tasks, "eval_warm_start")
 
@@ -357,32 +391,40 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         start_step = learner.version
         if data_state is not None:
             print(f"resumed from checkpoint at step {start_step} ({workdir})", flush=True)
-            publisher.publish(learner.params, learner.version)
+            publisher.publish(sharding.host_local(learner.params), learner.version)
         tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
 
-        # ---- queue and actor
-        queue: TrajectoryQueue = InProcessTrajectoryQueue(QueueConfig(
-            capacity_groups=config.queue.capacity_groups, max_lag=config.queue.max_lag, reuse=config.queue.reuse))
+        # ---- queue (served over gRPC for actor processes, or to test the wire) and the actor
+        queue: TrajectoryQueue = InProcessTrajectoryQueue(queue_config(config))
         queue.set_learner_version(learner.version)
         actor_queue: TrajectoryQueue = queue
-        if config.queue.grpc:
+        if config.queue.grpc or role == "learner":
             from agentic.transport.grpc_queue import GrpcTrajectoryQueue, TrajectoryQueueServer
 
-            server = TrajectoryQueueServer(queue, port=config.queue.port)
-            server.start()
+            server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port).start()
             stack.callback(server.stop)
+            print(f"trajectory queue at {server.address}", flush=True)
             actor_queue = GrpcTrajectoryQueue(server.address)
         stack.callback(queue.close)
+        actor = None
+        if role == "learner":  # actor processes get the weights from a weight stream
+            from agentic.transport.weight_stream import WeightStreamPublisher, WeightStreamServer
 
-        async def sink(group):
-            try:
-                while not await actor_queue.aput(group, timeout=5.0):
+            weights = WeightStreamServer(host=config.remote.bind, port=config.remote.weights_port).start()
+            stack.callback(weights.stop)
+            publisher = PublishAll(publisher, WeightStreamPublisher(weights))
+            publisher.publish(sharding.host_local(learner.params), learner.version)
+            print(f"weight stream at {weights.address} (version {learner.version})", flush=True)
+        else:
+            async def sink(group):
+                try:
+                    while not await actor_queue.aput(group, timeout=5.0):
+                        pass
+                except QueueClosed:  # shutting down: the learner takes no more groups
                     pass
-            except QueueClosed:  # shutting down: the learner takes no more groups
-                pass
 
-        actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
-                      tasks=tasks, sink=sink, seed=config.seed + start_step)
+            actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
+                          tasks=tasks, sink=sink, seed=config.seed + start_step)
         batches = BatchCollector(config, queue, actor, actors)
         stack.callback(batches.close)
 
@@ -397,7 +439,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             # The budget covers the whole run: stop RL while the final eval (timed like the last full
             # eval, or the last quick eval scaled to the full set) and one more step still fit.
             reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, len(eval_tasks))
-            if config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s:
+            if sharding.agree(config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s):
                 print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
                       f"{reserve:.0f}s for one more step and the final eval", flush=True)
                 break
@@ -410,16 +452,17 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
             m = learner.update(trajs)
             train_s = clocks.lap()
-            publisher.publish(learner.params, learner.version)
+            publisher.publish(sharding.host_local(learner.params), learner.version)
             sync_s = clocks.lap()
             queue.set_learner_version(learner.version)
             batches.record(m)
             step = learner.version
             if first_step_done is None:  # compilation happens in the first step: time the rest apart
                 first_step_done = time.monotonic()
-            row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor.stats().items()},
+            actor_stats = actor.stats() if actor is not None else {}
+            row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor_stats.items()},
                    **{f"queue/{k}": v for k, v in queue.stats().items()}, **batches.stats()}
-            row.update(policy_lag=lag, env_failures=actor.stats()["env_failures"],
+            row.update(policy_lag=lag, env_failures=actor_stats.get("env_failures", 0.0),
                        wait_s=wait_s, train_s=train_s, sync_s=sync_s, **clocks.step_times(),
                        model_tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9),
                        learner_tokens_per_s=m.get("perf/tokens_per_s", 0.0))
@@ -436,6 +479,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         train_end = time.monotonic()
         train_s = train_end - train_start
         batches.close()
+        if role == "learner":
+            time.sleep(3.0)  # actor processes poll the queue's state every second: let them see it closed
 
         # ---- eval at the end
         if eval_tasks and not stopping.set:
@@ -444,11 +489,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
                      steady_s=steady_s, steady_steps=max(step - start_step - 1, 0),
                      learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
-                     actor_idle_frac=1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0),
+                     actor_idle_frac=(1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0)) if actor else 0.0,
                      compile_s=compile_clock.seconds, interrupted=stopping.set, **batches.stats())
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
                      quiet=True)
     return stats
+
+
+class PublishAll(WeightPublisher):
+    """Publishes to each of `publishers` in turn (the learner role: its own engine, for evals, and
+    the weight stream actor processes follow)."""
+
+    def __init__(self, *publishers: WeightPublisher):
+        self.publishers = publishers
+
+    def publish(self, params: Any, version: int) -> None:
+        for p in self.publishers:
+            p.publish(params, version)
 
 
 def final_eval_estimate(stats: dict[str, Any], n: int) -> float:

@@ -142,9 +142,10 @@ def mean_metrics(groups) -> dict[str, float]:
 
 
 class StageClocks:
-    """Where a loop step's time went: laps of the main thread plus the actors' occupancy clocks."""
+    """Where a loop step's time went: laps of the main thread plus the actors' occupancy clocks
+    (none when the actors are other processes: their own progress lines say)."""
 
-    def __init__(self, actor: Actor, compile_clock: CompileClock):
+    def __init__(self, actor: Actor | None, compile_clock: CompileClock):
         self.actor, self.compile_clock = actor, compile_clock
         self.wait_total = 0.0
         self.step_s = 0.0
@@ -153,7 +154,7 @@ class StageClocks:
     def start_step(self):
         now = time.monotonic()
         self._step_start = self._lap_start = now
-        self._gen0, self._env0 = self.actor.clock.generate.total, self.actor.clock.env.total
+        self._gen0, self._env0 = self._occupancy()
         self._compile0 = self.compile_clock.seconds
         self._laps = 0
 
@@ -166,8 +167,13 @@ class StageClocks:
         self.step_s = now - self._step_start
         return dt
 
+    def _occupancy(self) -> tuple[float, float]:
+        if self.actor is None:
+            return 0.0, 0.0
+        return self.actor.clock.generate.total, self.actor.clock.env.total
+
     def step_times(self) -> dict[str, float]:
         """generate_s / env_s: wall seconds with a generate / env call in flight during this step."""
-        return {"generate_s": self.actor.clock.generate.total - self._gen0,
-                "env_s": self.actor.clock.env.total - self._env0,
+        generate, env = self._occupancy()
+        return {"generate_s": generate - self._gen0, "env_s": env - self._env0,
                 "compile_s": self.compile_clock.seconds - self._compile0, "step_s": self.step_s}

@@ -12,7 +12,11 @@ from __future__ import annotations
 import pathlib
 import sys
 
-PROTOS = ("agentic/env/proto/env_service.proto", "agentic/transport/proto/trajectory_queue.proto")
+PROTOS = (
+    "agentic/env/proto/env_service.proto",
+    "agentic/transport/proto/trajectory_queue.proto",
+    "agentic/transport/proto/weight_stream.proto",
+)
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

@@ -123,6 +123,43 @@ def batch_divisor(mesh: Mesh) -> int:
 _DISTRIBUTED = False
 
 
+def per_process_devices(split) -> list[jax.Device]:
+    """`split(devices of process p)` for every process p, concatenated in process order: the
+    learner's devices across processes when each process keeps the same share of its own
+    (e.g. Sebulba's learner devices, the rest going to its engine)."""
+    by_process: dict[int, list[jax.Device]] = {}
+    for d in jax.devices():
+        by_process.setdefault(d.process_index, []).append(d)
+    return [d for p in sorted(by_process) for d in split(sorted(by_process[p], key=lambda d: d.id))]
+
+
+def agree(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a decision, e.g. to stop, that all must take together)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(bool(flag))))
+
+
+def host_local(tree: Any) -> Any:
+    """A pytree of arrays that may span processes as whole arrays on this process (a copy of the
+    replicated ones, an all-gather of the sharded ones): what a local engine or a weight stream
+    can take. Unchanged with one process."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    def whole(x):
+        if x.is_fully_addressable:
+            return x
+        if x.sharding.is_fully_replicated:
+            return x.addressable_data(0)
+        return multihost_utils.process_allgather(x, tiled=True)
+
+    return jax.tree.map(whole, tree)
+
+
 def is_primary(distributed: bool) -> bool:
     """Whether this process writes the run's files (config, metrics, plots): process 0, or the only
     one. Asks JAX only under `distributed` (that starts its backend)."""

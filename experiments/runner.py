@@ -6,7 +6,8 @@ An experiment script is its docstring and one line, e.g. `experiments/tool_math.
         runner.main(lambda config: tool_math_experiment(config))   # config -> agentic.core.Experiment
 
 `main` defines `--config=FILE[:VARIANT]` (overrides `--config.SECTION.FIELD=V`, checked first:
-a misspelled field fails naming the valid ones) and `--workdir`, then `run`s: train
+a misspelled field fails naming the valid ones), `--workdir` and `--role` (all | learner | actor,
+`agentic.launcher.train`, `agentic.remote_actor`), then `run`s: train
 (`agentic.launcher`), draw the curves (`plot.py`) and print, as one JSON line, the steps,
 where the time went, and each eval's reward and experiment metrics with its episode count.
 """
@@ -40,8 +41,15 @@ def summarize(stats: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, Any]
     return summary
 
 
-def run(config, workdir: str, experiment: Experiment) -> dict[str, Any]:
-    stats = launcher.train(config, workdir, experiment)
+def run(config, workdir: str, experiment: Experiment, role: str = "all", actor_id: int = 0) -> dict[str, Any]:
+    if role == "actor":  # no workdir of its own: the learner writes the run's files
+        from agentic.remote_actor import run_actor
+
+        stats = run_actor(config, experiment, actor_id)
+        print("done:", json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}),
+              flush=True)
+        return stats
+    stats = launcher.train(config, workdir, experiment, role=role)
     summary = summarize(stats, experiment.progress_metrics)
     if sharding.is_primary(config.distributed):  # one writer
         plot.plot_workdir(workdir, metrics=experiment.progress_metrics)
@@ -59,13 +67,19 @@ def main(experiment: Callable[[Any], Experiment]) -> None:
     config_flag = config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                                   lock_config=True)
     workdir = flags.DEFINE_string("workdir", None, "checkpoints, TensorBoard events, metrics and plots")
-    flags.mark_flags_as_required(["config", "workdir"])
+    role = flags.DEFINE_enum("role", "all", launcher.ROLES,
+                             "all: one process (or each of config.distributed's); learner: serve the queue and "
+                             "weights to actor processes; actor: generate for a learner (config.remote)")
+    actor_id = flags.DEFINE_integer("actor_id", 0, "--role=actor: this actor's number (seeds its task stream)")
+    flags.mark_flags_as_required(["config"])
 
     def _main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.WARNING)
-        run(config_flag.value, workdir.value, experiment(config_flag.value))
+        if role.value != "actor" and not workdir.value:
+            raise app.UsageError(f"--workdir is required with --role={role.value}")
+        run(config_flag.value, workdir.value, experiment(config_flag.value), role.value, actor_id.value)
 
     check_overrides(sys.argv)
     app.run(_main)

@@ -113,13 +113,40 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
     assert argv == [
         ".venv/bin/python", "experiments/search_r1.py",
         "--config=experiments/configs/search_r1.py:qwen2_5_7b_tpu", "--workdir=gs://bkt/run1",
-        "--config.distributed=True",
+        "--config.distributed=True", "--role=all",
         "--config.env.hosts=IP-OF-rl-test-env-1:50051,IP-OF-rl-test-env-2:50051",
         "--config.generator.backend=sglang",
         "--config.generator.sglang_urls=http://10.1.0.5:30000,http://10.1.0.6:30000",
         "--config.learner.lr=2e-6", "--config.note=two words",
     ]  # fmt: skip
     assert commands[-1] == train  # training starts last, after the env hosts
+
+
+def test_actor_vms_run_actor_processes_feeding_learners_on_the_tpu_workers(fake_gcloud):
+    env, _ = fake_gcloud
+    flags = [f for f in FLAGS if not f.startswith("--sglang") and not f.startswith("http")]
+    result = launch(env, "--dry-run", *flags, "--actor-vms", "2", "--", "--config.learner.lr=2e-6")
+    assert result.returncode == 0, result.stderr
+    commands = printed_commands(result.stdout)
+    creates = [c[4] for c in find(commands, "gcloud", "compute", "instances", "create")]
+    assert creates == ["rl-test-env-1", "rl-test-env-2", "rl-test-actor-0", "rl-test-actor-1"]
+    assert find(commands, "gcloud", "compute", "tpus", "tpu-vm", "describe", "rl-test",
+                "--zone=us-central2-b", "--project=proj", "--format=value(networkEndpoints[].ipAddress)")
+    actors = [c for c in find(commands, "gcloud", "compute", "ssh") if "--role=actor" in option(c, "--command")]
+    assert [c[3] for c in actors] == ["rl-test-actor-0", "rl-test-actor-1"]
+    for i, c in enumerate(actors):
+        argv = shlex.split(option(c, "--command").split(" nohup ", 1)[1].split(" > actor.log")[0])
+        assert argv[:4] == [".venv/bin/python", "experiments/search_r1.py",
+                            "--config=experiments/configs/search_r1.py:qwen2_5_7b_tpu", "--role=actor"]
+        assert f"--actor_id={i}" in argv and "--config.learner.lr=2e-6" in argv
+        assert "--config.remote.queue=IP-OF-rl-test-worker-0:50060" in argv
+        assert "--config.remote.weights=IP-OF-rl-test-worker-0:50061" in argv
+        assert "--config.env.hosts=IP-OF-rl-test-env-1:50051,IP-OF-rl-test-env-2:50051" in argv
+    _, train = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "ssh", "rl-test")
+    argv = shlex.split(option(train, "--command").split('"$(cat env_token)" ', 1)[1])
+    assert argv[4:9] == ["--config.distributed=True", "--role=learner", "--config.remote.bind=0.0.0.0",
+                         "--config.queue.port=50060", "--config.remote.weights_port=50061"]
+    assert commands.index(actors[-1]) < commands.index(train)  # actors wait for their learner
 
 
 def test_real_run_executes_exactly_the_printed_commands(fake_gcloud, tmp_path):

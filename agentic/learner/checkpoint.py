@@ -4,7 +4,9 @@ One checkpoint (directory `<dir>/<step>/`) holds three items:
   state   the pytree {params, opt_state, step, rng, ...} (sharded arrays are written and
           read back in place on their devices: restore takes the abstract target with shardings),
   data    a JSON dict: the data iterator's state (e.g. a grain iterator's `get_state()`,
-          or the number of batches consumed), whatever makes the input stream resume exactly,
+          or the number of batches consumed), whatever makes the input stream resume exactly;
+          with several processes each has its own (its shard of the tasks): they are gathered
+          into one JSON `{"process_0": ..., "process_1": ...}` and each process gets its own back,
   config  a JSON dict of the configs the run was started with.
 Saves are asynchronous (the train loop goes on while the arrays are written); a save
 becomes visible only when orbax finalizes it (atomic rename), so a process killed
@@ -13,10 +15,12 @@ mid-save leaves the previous checkpoint as the latest.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from agentic.paths import as_path
@@ -44,7 +48,8 @@ class Checkpointer:
     def save(self, step: int, state: Any, *, data: dict | None = None, config: dict | None = None,
              force: bool = False) -> bool:
         """Starts saving `state` at `step`; returns False when `every` skips this step."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data or {}),
+        data = gather_per_process(data or {})
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
                                   config=ocp.args.JsonSave(config or {}))
         return self._mgr.save(step, args=args, force=force)
 
@@ -66,7 +71,7 @@ class Checkpointer:
         args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
                                   config=ocp.args.JsonRestore())
         out = self._mgr.restore(step, args=args)
-        return out["state"], dict(out["data"] or {}), dict(out["config"] or {})
+        return out["state"], this_process(dict(out["data"] or {})), dict(out["config"] or {})
 
     def wait(self) -> None:
         """Blocks until the pending async save is on disk."""
@@ -75,6 +80,37 @@ class Checkpointer:
     def close(self) -> None:
         self._mgr.wait_until_finished()
         self._mgr.close()
+
+
+def gather_per_process(data: dict) -> dict:
+    """Every process's `data`, as one JSON dict keyed `process_{i}` (called by every process: the
+    primary alone writes the JSON item); one process's `data` unchanged."""
+    if jax.process_count() == 1:
+        return data
+    from jax.experimental import multihost_utils
+
+    raw = np.frombuffer(json.dumps(data, sort_keys=True).encode(), np.uint8)
+    longest = int(np.max(multihost_utils.process_allgather(np.array([raw.size]))))
+    padded = np.zeros(longest, np.uint8)
+    padded[: raw.size] = raw
+    rows = np.asarray(multihost_utils.process_allgather(padded)).reshape(jax.process_count(), longest)
+    return {f"process_{i}": json.loads(bytes(row).rstrip(b"\0").decode()) for i, row in enumerate(rows)}
+
+
+def this_process(data: dict) -> dict:
+    """This process's entry of `gather_per_process`'s dict (a one-process dict as it is). A checkpoint
+    written by another number of processes has no entry for some: that is an error, not a silent
+    restart of their task streams."""
+    keyed = [k for k in data if k.startswith("process_")]
+    if not keyed:
+        if jax.process_count() > 1 and data:
+            raise ValueError(f"checkpoint data state is one process's, but {jax.process_count()} processes resume")
+        return data
+    key = f"process_{jax.process_index()}"
+    if key not in data or len(keyed) != jax.process_count():
+        raise ValueError(f"checkpoint data state holds {sorted(keyed)}; {jax.process_count()} processes resume "
+                         f"(this one is {key}): resume with the process count that wrote it")
+    return data[key]
 
 
 def abstract_like(tree: Any) -> Any:

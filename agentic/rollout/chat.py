@@ -56,17 +56,8 @@ from typing import Any
 
 import jinja2
 
-from agentic.core import Generator, Observation, Step, Task, Trajectory
-from agentic.rollout.episode import (
-    EnvSession,
-    EpisodeClock,
-    EpisodeConfig,
-    EpisodeRecord,
-    TextCodec,
-    close_episode,
-    cut_turn,
-    sample_turn,
-)
+from agentic.core import Observation, Step
+from agentic.rollout.episode import TextCodec
 
 _PROBE = "chat-template-probe"
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool", "description": "a probe",
@@ -195,59 +186,30 @@ class ChatConversation:
         return tok.encode(suffix[len(shown):], add_special_tokens=False)
 
 
-async def run_chat_episode(
-    *,
-    env: EnvSession,
-    task: Task,
-    generator: Generator,
-    tokenizer: TextCodec,
-    config: EpisodeConfig,
-    episode_id: str,
-    group_id: str,
-    seed: int,
-    clock: EpisodeClock = EpisodeClock(),
-) -> Trajectory:
-    """`run_episode` in chat mode: same limits, errors and trajectory layout, the contract above."""
-    template = ChatTemplate.of(tokenizer)
-    record = EpisodeRecord()
-    try:
-        with clock.env:
-            obs = await env.reset(task)
-        chat = ChatConversation(template, obs)
-        record.add_context(tokenizer.encode(chat.rendered, add_special_tokens=False))
-        record.prompt_len = len(record.tokens)
-        stop = tuple(obs.info.get("stop", ())) or config.stop
-        turn_cut = tuple(obs.info.get("turn_cut", ()))
-        for turn in range(config.max_turns):
-            completion = await sample_turn(generator, record, config, turn=turn, stop=stop,
-                                           stop_token_ids=template.stop_token_ids, seed=seed,
-                                           episode_id=episode_id, clock=clock)
-            if completion is None:
-                record.truncated = True
-                break
-            ids = list(completion.token_ids)
-            kept, action = cut_turn(ids, turn_cut, tokenizer)
-            if ids[kept:kept + 1] == [template.end_of_turn_id]:
-                kept += 1  # the model ended its turn right at the cut: keep (and train) its end of turn
-            if kept and ids[kept - 1] in template.stop_token_ids and ids[kept - 1] != template.end_of_turn_id:
-                kept -= 1  # another stop token (a base model's EOS): the template's end of turn replaces it
-            record.add_turn(completion, kept)
-            if not action:  # e.g. only the end of turn: nothing to send
-                record.empty_turn = True
-                break
-            with clock.env:
-                step = await env.step(action)
-            if record.take_step(step):
-                break
-            follow = chat.add_turn(ids[:kept], observation_messages(step), turn)
-            if len(follow) >= config.max_total_tokens - len(record.tokens):
-                record.truncated = True
-                break
-            record.add_context(follow)
-        else:
-            record.truncated = not record.done
-    finally:
-        env_metrics = await close_episode(env, generator, episode_id, clock)
-    one_shot = tokenizer.encode(tokenizer.decode(record.tokens, skip_special_tokens=False), add_special_tokens=False)
-    return record.trajectory(task=task, group_id=group_id, env_metrics=env_metrics,
-                             extra_metrics={"retokenized_differs": float(one_shot != record.tokens)})
+class ChatTranscript:
+    """Chat mode's `agentic.rollout.episode.Transcript`: the contract above."""
+
+    def __init__(self, tokenizer: TextCodec):
+        self.tokenizer, self.template = tokenizer, ChatTemplate.of(tokenizer)
+        self.stop_token_ids = self.template.stop_token_ids
+        self.chat: ChatConversation | None = None
+
+    def start(self, obs: Observation) -> list[int]:
+        self.chat = ChatConversation(self.template, obs)
+        return self.tokenizer.encode(self.chat.rendered, add_special_tokens=False)
+
+    def keep(self, ids: list[int], kept: int) -> int:
+        t = self.template
+        if ids[kept:kept + 1] == [t.end_of_turn_id]:
+            kept += 1  # the model ended its turn right at the cut: keep (and train) its end of turn
+        if kept and ids[kept - 1] in t.stop_token_ids and ids[kept - 1] != t.end_of_turn_id:
+            kept -= 1  # another stop token (a base model's EOS): the template's end of turn replaces it
+        return kept
+
+    def follow(self, kept_ids: list[int], step: Step, turn: int) -> list[int]:
+        return self.chat.add_turn(kept_ids, observation_messages(step), turn)
+
+    def metrics(self, tokens: list[int]) -> dict[str, float]:
+        one_shot = self.tokenizer.encode(self.tokenizer.decode(tokens, skip_special_tokens=False),
+                                         add_special_tokens=False)
+        return {"retokenized_differs": float(one_shot != tokens)}

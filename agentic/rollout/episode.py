@@ -230,6 +230,53 @@ async def sample_turn(generator: Generator, record: EpisodeRecord, config: Episo
     return completion
 
 
+class Transcript(Protocol):
+    """How an episode's text becomes tokens, per mode: continuation (`ContinuationTranscript`,
+    below) or chat (`agentic.rollout.chat.ChatTranscript`). The loop in `run_episode` is the same."""
+
+    stop_token_ids: tuple[int, ...]  # tokens that end a model turn
+
+    def start(self, obs: Observation) -> list[int]:
+        """The prompt's ids (loss mask 0)."""
+
+    def keep(self, ids: list[int], kept: int) -> int:
+        """How many of a turn's sampled `ids` to keep, given `kept` the turn cut keeps."""
+
+    def follow(self, kept_ids: list[int], step: Step, turn: int) -> list[int]:
+        """The ids after the model's kept tokens and before its next turn (loss mask 0)."""
+
+    def metrics(self, tokens: list[int]) -> dict[str, float]:
+        """Extra metrics of the finished episode."""
+
+
+class ContinuationTranscript:
+    """Continuation mode: the first observation as the prompt (as a user message in the chat
+    template with `use_chat_template`), later observations appended as raw text inside the
+    model's turn (Search-R1's protocol); a turn ends at the tokenizer's EOS."""
+
+    def __init__(self, tokenizer: TextCodec, config: EpisodeConfig):
+        self.tokenizer, self.use_chat_template = tokenizer, config.use_chat_template
+        self.stop_token_ids = (tokenizer.eos_token_id,)
+
+    def start(self, obs: Observation) -> list[int]:
+        prompt = obs.text
+        if self.use_chat_template:
+            prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": obs.text}],
+                                                        add_generation_prompt=True)
+        return self.tokenizer.encode(prompt, add_special_tokens=False)
+
+    def keep(self, ids: list[int], kept: int) -> int:
+        if ids[kept:kept + 1] == [self.tokenizer.eos_token_id]:
+            kept += 1  # the model ended its turn right at the cut: keep (and train) its EOS
+        return kept
+
+    def follow(self, kept_ids: list[int], step: Step, turn: int) -> list[int]:
+        return self.tokenizer.encode(step.observation, add_special_tokens=False) if step.observation else []
+
+    def metrics(self, tokens: list[int]) -> dict[str, float]:
+        return {}
+
+
 async def close_episode(env: EnvSession, generator: Generator, episode_id: str, clock: EpisodeClock
                         ) -> dict[str, float]:
     """Closes the env session and frees the generator's state of the episode; returns the env's metrics."""
@@ -256,35 +303,33 @@ async def run_episode(
     Env and generator errors propagate (the actor drops the group and counts
     them), and so does a turn the generator aborted (`GenerationAborted`): its
     partial output is never trained on as a normal turn. The env session is
-    closed in every case. `clock` times the generate and env calls.
-    `config.mode == "chat"` runs the episode as a chat (`agentic.rollout.chat`).
+    closed in every case. `clock` times the generate and env calls. The mode's
+    `Transcript` turns text into tokens (`config.mode == "chat"`: `agentic.rollout.chat`).
     """
     if config.mode == "chat":
-        from agentic.rollout.chat import run_chat_episode  # chat.py builds on this module
+        from agentic.rollout.chat import ChatTranscript  # chat.py builds on this module
 
-        return await run_chat_episode(env=env, task=task, generator=generator, tokenizer=tokenizer, config=config,
-                                      episode_id=episode_id, group_id=group_id, seed=seed, clock=clock)
+        transcript: Transcript = ChatTranscript(tokenizer)
+    else:
+        transcript = ContinuationTranscript(tokenizer, config)
     record = EpisodeRecord()
     try:
         with clock.env:
             obs = await env.reset(task)
-        prompt = obs.text
-        if config.use_chat_template:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": obs.text}], add_generation_prompt=True)
-        record.add_context(tokenizer.encode(prompt, add_special_tokens=False))
+        record.add_context(transcript.start(obs))
         record.prompt_len = len(record.tokens)
         stop = tuple(obs.info.get("stop", ())) or config.stop
         turn_cut = tuple(obs.info.get("turn_cut", ()))
         for turn in range(config.max_turns):
             completion = await sample_turn(generator, record, config, turn=turn, stop=stop,
-                                           stop_token_ids=(tokenizer.eos_token_id,), seed=seed,
+                                           stop_token_ids=transcript.stop_token_ids, seed=seed,
                                            episode_id=episode_id, clock=clock)
             if completion is None:
                 record.truncated = True
                 break
-            kept, action = cut_turn(list(completion.token_ids), turn_cut, tokenizer)
-            if completion.token_ids[kept:kept + 1] == (tokenizer.eos_token_id,):
-                kept += 1  # the model ended its turn right at the cut: keep (and train) its EOS
+            ids = list(completion.token_ids)
+            kept, action = cut_turn(ids, turn_cut, tokenizer)
+            kept = transcript.keep(ids, kept)
             record.add_turn(completion, kept)
             if not action:  # e.g. only EOS: nothing to send; the episode ends with what it has earned
                 record.empty_turn = True
@@ -293,14 +338,14 @@ async def run_episode(
                 step = await env.step(action)
             if record.take_step(step):
                 break
-            if step.observation:
-                obs_ids = tokenizer.encode(step.observation, add_special_tokens=False)
-                if len(obs_ids) >= config.max_total_tokens - len(record.tokens):
-                    record.truncated = True
-                    break
-                record.add_context(obs_ids)
+            follow = transcript.follow(ids[:kept], step, turn)
+            if follow and len(follow) >= config.max_total_tokens - len(record.tokens):
+                record.truncated = True
+                break
+            record.add_context(follow)
         else:
             record.truncated = not record.done
     finally:
         env_metrics = await close_episode(env, generator, episode_id, clock)
-    return record.trajectory(task=task, group_id=group_id, env_metrics=env_metrics)
+    return record.trajectory(task=task, group_id=group_id, env_metrics=env_metrics,
+                             extra_metrics=transcript.metrics(record.tokens))

@@ -50,8 +50,12 @@ import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from agentic.config import LEARNER_LOOP_FIELDS, section  # noqa: E402
+from agentic.config import ACTOR_LOOP_FIELDS, ENGINE_LOOP_FIELDS, LEARNER_LOOP_FIELDS, section  # noqa: E402
+from agentic.inference.engine import EngineConfig  # noqa: E402
 from agentic.learner.learner import LearnerConfig  # noqa: E402
+from agentic.rollout.actor import ActorConfig  # noqa: E402
+from agentic.rollout.episode import EpisodeConfig  # noqa: E402
+from agentic.transport.queue import QueueConfig  # noqa: E402
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -107,35 +111,40 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.world_seed = 0
     c.data.hops = (1, 2)
 
-    c.generator = ml_collections.ConfigDict()
+    # Every EngineConfig field (agentic/inference/engine.py documents them) under its own name, and
+    # the backend's choice.
+    c.generator = section(EngineConfig, exclude=ENGINE_LOOP_FIELDS, num_slots=64, max_len=4096,
+                          prefill_chunk=512, token_bucket_growth=4)
     c.generator.backend = "engine"      # "engine" (embedded JAX) | "sglang"
     c.generator.sglang_urls = ""        # comma-separated, for backend == "sglang"
-    c.generator.max_slots = 64
-    c.generator.max_seq_len = 4096
-    c.generator.prefill_chunk = 512     # engine: most tokens prefilled per request per call (largest bucket)
-    c.generator.token_bucket_growth = 4  # engine: ratio of consecutive prefill token buckets
     c.generator.weights_dir = ""        # shared path for safetensors handed to SGLang servers
 
-    c.actor = ml_collections.ConfigDict()
-    c.actor.group_size = 5
-    c.actor.concurrent_groups = 64
+    # Every ActorConfig and EpisodeConfig field (agentic/rollout/actor.py, episode.py).
+    c.actor = section(
+        ActorConfig, EpisodeConfig, exclude=ACTOR_LOOP_FIELDS, group_size=5, concurrent_groups=64,
+        max_new_tokens_per_turn=500, max_total_tokens=4096, temperature=1.0,
+        top_p=0.95,               # Search-R1's GRPO scripts leave the rollout default, 0.95
+        top_k=-1,                 # -1: no top-k truncation
+        episode_timeout_s=900.0,
+        mode="continuation")      # or "chat": observations as messages in the model's chat template
     # Search-R1's turn budget: max_turns rounds of generate -> search, then one final answer-only
     # generation. One owner: the env's max_turns (overriding it moves this too).
     c.actor.max_turns = c.env.kwargs.get_ref("max_turns") + 1
-    c.actor.max_new_tokens_per_turn = 500
-    c.actor.max_total_tokens = 4096
-    c.actor.temperature = 1.0
-    c.actor.top_p = 0.95      # Search-R1's GRPO scripts leave the rollout default, 0.95
-    c.actor.top_k = -1        # -1: no top-k truncation
-    c.actor.episode_timeout_s = 900.0
-    c.actor.mode = "continuation"     # or "chat": observations as messages in the model's chat template
 
-    c.queue = ml_collections.ConfigDict()
-    c.queue.capacity_groups = 1024     # >= learner.batch_groups; a full queue holds actors back
-    c.queue.max_lag = 2
-    c.queue.reuse = 1
-    c.queue.grpc = False      # True: actors reach the queue over gRPC (multi-process)
-    c.queue.port = 0
+    # Every QueueConfig field (agentic/transport/queue.py), and where the actors reach it.
+    c.queue = section(QueueConfig, capacity_groups=1024,  # >= learner.batch_groups; a full queue holds actors back
+                      max_lag=2, reuse=1)
+    c.queue.grpc = False      # True: this process's actor reaches the queue over gRPC (tests the wire)
+    c.queue.port = 0          # the queue server's port (--role=learner: give one for actors to find)
+
+    # Split roles (experiments/runner.py --role): a learner process serves the trajectory queue and
+    # a weight stream; actor processes (any number, joining and leaving) generate and push groups.
+    c.remote = ml_collections.ConfigDict()
+    c.remote.bind = "127.0.0.1"   # the learner's servers' interface (0.0.0.0: actors on other machines)
+    c.remote.weights_port = 0     # the learner's weight stream port (0: any free one, printed)
+    c.remote.queue = ""           # --role=actor: the learner's trajectory queue, host:port
+    c.remote.weights = ""         # --role=actor: the learner's weight stream, host:port
+    c.remote.wait_s = 120.0       # --role=actor: how long to wait for an unreachable learner, then stop
 
     c.sebulba = ml_collections.ConfigDict()
     c.sebulba.mode = "async"            # "async" (Sebulba) | "sync" (actors pause while the learner trains)
@@ -167,7 +176,7 @@ def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
     c.data.eval_source = "data/search_r1_test.parquet"
     c.env.kwargs.retriever = "http"
     c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"  # e5 over wiki-18, Search-R1's server
-    c.generator.max_slots = 256
+    c.generator.num_slots = 256
     c.learner.mesh_shape = (1, -1, 1)
     # ppo_mini_batch_size=256 of train_batch_size=512: two optimizer steps per update. verl warms the
     # lr up over lr_warmup_steps_ratio x total_training_steps updates; our schedule counts optimizer
@@ -215,8 +224,8 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.max_total_tokens = 640
     c.actor.temperature = 0.7           # at 1.0 a 135M model's sampled turns rarely stay well-formed
     c.actor.top_p = 1.0
-    c.generator.max_slots = 48           # 40 episodes in flight (8 groups x 5): decode steps of 48 rows
-    c.generator.max_seq_len = 640
+    c.generator.num_slots = 48           # 40 episodes in flight (8 groups x 5): decode steps of 48 rows
+    c.generator.max_len = 640
     c.generator.prefill_chunk = 384
     c.generator.token_bucket_growth = 2  # prefill chunks of 16, 32, ... 384 tokens: little padding
     # 2 cores: generation and training take turns (sync), and only groups with a reward
@@ -253,8 +262,8 @@ def test_config() -> ml_collections.ConfigDict:
     c.actor.concurrent_groups = 4
     c.actor.max_new_tokens_per_turn = 8
     c.actor.max_total_tokens = 512
-    c.generator.max_slots = 8
-    c.generator.max_seq_len = 512
+    c.generator.num_slots = 8
+    c.generator.max_len = 512
     c.learner.batch_groups = 2
     c.queue.capacity_groups = 8
     c.eval_quick_tasks = 2

@@ -40,7 +40,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.max_turns = 3               # a call, then the answer (and one spare turn)
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 512
-    c.generator.max_seq_len = 512
+    c.generator.max_len = 512
     c.learner.seq_buckets = (1024,)
     c.data = ml_collections.ConfigDict({"num_train": 2000, "num_eval": 64, "seed": 0})
     c.eval_tasks = 64

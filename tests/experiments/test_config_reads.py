@@ -27,6 +27,13 @@ READ_ONLY_WHEN = {
     "num_processes": ("one process", lambda c: c.distributed),
     "process_id": ("one process", lambda c: c.distributed),
     "queue.port": ("the queue is in process", lambda c: c.queue.grpc),
+    # read by --role=learner (bind, weights_port) and --role=actor (the rest), tests/experiments/test_roles.py;
+    # these runs are --role=all
+    "remote.bind": ("the queue is in process", lambda c: c.queue.grpc),
+    "remote.weights_port": ("--role=all", lambda c: False),
+    "remote.queue": ("--role=all", lambda c: False),
+    "remote.weights": ("--role=all", lambda c: False),
+    "remote.wait_s": ("--role=all", lambda c: False),
     "env.token": ("the env hosts are started by the run", lambda c: bool(c.env.hosts)),
 }
 

@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 
 from agentic import launcher, models, sharding
-from agentic.config import LEARNER_LOOP_FIELDS
+from agentic.config import ACTOR_LOOP_FIELDS, ENGINE_LOOP_FIELDS, LEARNER_LOOP_FIELDS
+from agentic.inference.engine import EngineConfig
 from agentic.learner import learner as learner_lib
 from agentic.learner.learner import LearnerConfig
+from agentic.rollout.actor import ActorConfig
+from agentic.rollout.episode import EpisodeConfig
+from agentic.transport.queue import QueueConfig
 from experiments.configs import search_r1, tool_math
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -115,6 +119,34 @@ def test_every_learner_field_is_in_the_config_under_its_own_name(experiment, var
         want = c.learner[name]
         assert getattr(lc, name) == (tuple(want) if isinstance(want, (list, tuple)) else want), name
     assert lc.total_steps == c.total_steps * c.learner.num_minibatches  # learner updates -> optimizer steps
+
+
+def same(got, want):
+    return got == (tuple(want) if isinstance(want, (list, tuple)) else want)
+
+
+@pytest.mark.parametrize(("experiment", "variant"), VARIANTS)
+def test_every_actor_engine_and_queue_field_is_in_the_config_under_its_own_name(experiment, variant):
+    c = EXPERIMENTS[experiment].get_config(variant)
+    names = lambda *classes: {f.name for cls in classes for f in dataclasses.fields(cls)}  # noqa: E731
+    assert set(c.actor) == names(ActorConfig, EpisodeConfig) - set(ACTOR_LOOP_FIELDS)
+    assert set(c.generator) == names(EngineConfig) - set(ENGINE_LOOP_FIELDS) | set(launcher.BACKEND_KEYS)
+    assert set(c.queue) == names(QueueConfig) | {"grpc", "port"}
+    ac, ec, qc = launcher.actor_config(c), launcher.engine_config(c), launcher.queue_config(c)
+    for name in c.actor:
+        assert same(getattr(ac, name) if hasattr(ac, name) else getattr(ac.episode, name), c.actor[name]), name
+    for name in set(c.generator) - set(launcher.BACKEND_KEYS):
+        assert same(getattr(ec, name), c.generator[name]), name
+    for name in set(c.queue) - {"grpc", "port"}:
+        assert same(getattr(qc, name), c.queue[name]), name
+    assert ec.seed == c.seed
+
+
+def test_a_key_no_dataclass_takes_is_an_error():
+    c = search_r1.get_config("test")
+    c.generator.min_decode_rowz = 4  # a hand-written config (an override would fail at the flag, below)
+    with pytest.raises(ValueError, match=r"'min_decode_rowz' is read by nothing here; the section takes \[.*'min_decode_rows'"):
+        launcher.engine_config(c)
 
 
 def test_optional_learner_fields_take_an_override():

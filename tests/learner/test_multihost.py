@@ -12,9 +12,10 @@ import pytest
 SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "multihost_update.py")
 
 
-def run(tmp_path, num_processes, devices, mesh="-1,1,1", from_env=False):
-    """`from_env`: the processes find the coordinator, their count and id in $JAX_* variables."""
-    out = tmp_path / f"{num_processes}x{devices}_{mesh.replace(',', '_')}"
+def run(tmp_path, num_processes, devices, mesh="-1,1,1", from_env=False, extra=(), name="", killed=False):
+    """`from_env`: the processes find the coordinator, their count and id in $JAX_* variables.
+    `killed`: the processes SIGKILL themselves (after writing their results)."""
+    out = tmp_path / (name or f"{num_processes}x{devices}_{mesh.replace(',', '_')}")
     out.mkdir()
     port = portpicker.pick_unused_port()
     env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
@@ -27,12 +28,12 @@ def run(tmp_path, num_processes, devices, mesh="-1,1,1", from_env=False):
 
     procs = [subprocess.Popen([sys.executable, SCRIPT, "--num-processes", str(num_processes), "--process-id", str(i),
                                "--port", "0" if from_env else str(port), "--devices", str(devices), f"--mesh={mesh}",
-                               "--out", str(out)],
+                               "--out", str(out), *extra],
                               env=process_env(i), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(num_processes)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log[-4000:]
+        assert p.returncode == (-9 if killed else 0), log[-4000:]
     return [np.load(out / f"process_{i}.npz") for i in range(num_processes)]
 
 
@@ -49,6 +50,22 @@ def test_two_processes_with_local_data_equal_one_process(reference, tmp_path, me
         np.testing.assert_allclose(r["loss"], reference["loss"], rtol=1e-5)
         np.testing.assert_allclose(r["grad_norm"], reference["grad_norm"], rtol=1e-5)
         np.testing.assert_allclose(r["params"], reference["params"], rtol=1e-5, atol=1e-7)
+
+
+def test_a_killed_two_process_run_resumes_each_process_task_stream_exactly(tmp_path):
+    """Save at step 2 (each process's task stream state gathered into the checkpoint), SIGKILL both
+    processes, restore: step 3 draws the same tasks on each process and reaches the same params as
+    a run that was never killed."""
+    full = run(tmp_path, 2, 4, extra=["--stream", "full", "--ckpt", str(tmp_path / "ckpt_full")], name="full")
+    ckpt = str(tmp_path / "ckpt")
+    first = run(tmp_path, 2, 4, extra=["--stream", "first", "--ckpt", ckpt], name="first", killed=True)
+    resumed = run(tmp_path, 2, 4, extra=["--stream", "resume", "--ckpt", ckpt], name="resume")
+    assert full[0]["task_ids"].tolist() != full[1]["task_ids"].tolist()  # disjoint shards, different streams
+    for f, a, b in zip(full, first, resumed, strict=True):
+        assert a["task_ids"].tolist() == f["task_ids"][:2].tolist()
+        assert b["task_ids"].tolist() == f["task_ids"][2:].tolist()  # each process resumes where it stopped
+        np.testing.assert_allclose(b["loss"], f["loss"][2:], rtol=1e-5)
+        np.testing.assert_allclose(b["params"], f["params"], rtol=1e-5, atol=1e-7)
 
 
 def test_distributed_initialization_names_what_is_missing(monkeypatch):

@@ -69,8 +69,8 @@ def learning_config():
     c.actor.temperature = 1.0
     c.actor.top_k = 4                   # a random init over 49k tokens: sample among its top few
     c.actor.max_total_tokens = 256
-    c.generator.max_slots = 32
-    c.generator.max_seq_len = 256
+    c.generator.num_slots = 32
+    c.generator.max_len = 256
     c.learner.batch_groups = 2
     c.queue.capacity_groups = 16
     c.learner.policy_loss = "reinforce"  # the plain policy gradient: nothing but the signal itself
