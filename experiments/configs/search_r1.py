@@ -211,7 +211,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.warm_start.lr = 1e-4
     c.eval_tasks = 128
     c.eval_quick_tasks = 8              # the start and during-RL evals (labelled with their size)
-    c.eval_every = 2
+    c.eval_every = 1                    # a quick eval after every RL step: >= 2 points during RL even in a short run
     c.checkpoint_every = 2
     c.data.world_passages = 20000
     c.data.hops = (1,)
@@ -256,6 +256,7 @@ def test_config() -> ml_collections.ConfigDict:
     c.total_steps = 3
     c.time_budget_s = 0.0
     c.eval_tasks = 4
+    c.eval_every = 2
     c.checkpoint_every = 1
     c.data.world_passages = 200
     c.actor.group_size = 2

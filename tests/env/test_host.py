@@ -1,4 +1,8 @@
-"""The env host and client against real servers on loopback: faults, garbage, backpressure, load."""
+"""The env host and client against real servers on loopback: faults, garbage, backpressure, load.
+
+Size: past 400 lines because most tests here share one module-scoped host (started once: a
+host start costs seconds on 2 cores) and its helpers; a split would start it again per file.
+"""
 
 import asyncio
 import dataclasses
