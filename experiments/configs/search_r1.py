@@ -8,9 +8,9 @@ the embedded synthetic world, BM25 retrieval, embedded JAX engine):
   python experiments/search_r1.py --config=experiments/configs/search_r1.py \
       --workdir=runs/search_r1
 
-  Measured at 639ab5b on a 2-core CPU: 11:34 wall (the install adds 40-60 s); greedy
-  held-out EM 0.000 at step 0 (8 questions) -> 0.609 after the cold start (128) -> 0.797
-  after 4 GRPO steps (128): +0.19 from RL (README.md "Results").
+  Measured at f0b29b0 on a 2-core CPU: 11:38 wall (the install adds 40-60 s); greedy
+  held-out EM 0.000 at step 0 (8 questions) -> 0.609 after the cold start (128) -> 0.734
+  after 2 GRPO steps (128): +0.125 from RL, no group dropped as stale (README.md "Results").
 
 test (tiny random model, tiny world; the whole loop in well under 2 minutes,
 what CI runs):
@@ -198,7 +198,7 @@ def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
 
 
 def cpu_default() -> ml_collections.ConfigDict:
-    """SmolLM2-135M on a 2-core CPU: the paper's loop, scaled to ~13 minutes."""
+    """SmolLM2-135M on a 2-core CPU: the paper's loop, scaled to ~14 minutes."""
     c = base_config()
     c.total_steps = 12
     c.time_budget_s = 14 * 60.0         # the run itself (the install adds 40-60 s: <= 15 minutes in all)
