@@ -323,12 +323,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         addresses = env_hosts(config, stack)
 
         # ---- devices: this process's engine devices; the learner's, of every process (one mesh)
-        def split(devices):
+        def sebulba_split(devices):
             return split_devices(devices, config.sebulba.actor_devices, config.sebulba.learner_devices)
 
-        actor_devs, learner_devs = split(jax.local_devices())
+        actor_devs, learner_devs = sebulba_split(jax.local_devices())
         if jax.process_count() > 1:
-            learner_devs = sharding.per_process_devices(lambda d: split(d)[1])
+            learner_devs = sharding.per_process_devices(lambda d: sebulba_split(d)[1])
         print(f"devices: actors {actor_devs}, learner {len(learner_devs)} devices over "
               f"{jax.process_count()} process(es)", flush=True)
 
@@ -360,6 +360,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
         publisher = weight_publisher(config, generator, model_cfg, tokenizer, actors)
 
+        def publish(params, version: int) -> None:  # whole arrays on this process (several: gathered)
+            publisher.publish(sharding.host_local(params), version)
+
         def run_eval(step: int, tasks: list[dict], split: str) -> dict[str, float]:
             ev = evaluate(tasks, actor_config=actor_config(config, eval_mode=True), make_env=make_env,
                           generator=generator, tokenizer=tokenizer, actors=actors, seed=config.seed + 7)
@@ -379,7 +382,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
                 raise ValueError("config.warm_start asks for demonstrations but the experiment has no demo_policy")
             params = warm_start(config, workdir, experiment, model_cfg, params, tokenizer, make_env, actors,
                                 mesh, writer)
-            publisher.publish(sharding.host_local(params), 0)
+            publish(params, 0)
             if eval_tasks:
                 stats["eval_warm_start"] = run_eval(0, eval_tasks, "eval_warm_start")
 
@@ -391,7 +394,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         start_step = learner.version
         if data_state is not None:
             print(f"resumed from checkpoint at step {start_step} ({workdir})", flush=True)
-            publisher.publish(sharding.host_local(learner.params), learner.version)
+            publish(learner.params, learner.version)
         tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
 
         # ---- queue (served over gRPC for actor processes, or to test the wire) and the actor
@@ -404,7 +407,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port).start()
             stack.callback(server.stop)
             print(f"trajectory queue at {server.address}", flush=True)
-            actor_queue = GrpcTrajectoryQueue(server.address)
+            if role == "all":  # this process's actor goes through the wire too
+                actor_queue = GrpcTrajectoryQueue(server.address)
         stack.callback(queue.close)
         actor = None
         if role == "learner":  # actor processes get the weights from a weight stream
@@ -413,7 +417,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             weights = WeightStreamServer(host=config.remote.bind, port=config.remote.weights_port).start()
             stack.callback(weights.stop)
             publisher = PublishAll(publisher, WeightStreamPublisher(weights))
-            publisher.publish(sharding.host_local(learner.params), learner.version)
+            publish(learner.params, learner.version)
             print(f"weight stream at {weights.address} (version {learner.version})", flush=True)
         else:
             async def sink(group):
@@ -452,7 +456,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             lag = float(np.mean([learner.version - tr.policy_version for tr in trajs]))
             m = learner.update(trajs)
             train_s = clocks.lap()
-            publisher.publish(sharding.host_local(learner.params), learner.version)
+            publish(learner.params, learner.version)
             sync_s = clocks.lap()
             queue.set_learner_version(learner.version)
             batches.record(m)
