@@ -12,7 +12,10 @@ lag) and once with `sync` (actors collect a batch, then pause while the learner
 trains: the verl-style baseline). Each run is its own process, so both pay the
 same compilations. Prints train wall-clock, the ratio sync/async overall and
 after the first learner step (which compiles), and the actor and learner idle
-fractions of each mode.
+fractions of each mode, and groups trained per second: with dynamic sampling and
+sync mode's drain (every informative group drained at a pause is trained on) the
+two modes' steps differ in size, so learner steps per second alone does not say
+which mode trains more per second.
 
 Layouts (default: split where two CPUs are available):
   shared  the embedded engine and the learner in one process on all CPUs (the
@@ -170,11 +173,18 @@ def main():
             print(f"{mode:>5}: {r['steps']:.0f} learner steps in {r['train_s']:.1f}s (steps 2..{r['steps']:.0f}, "
                   f"after compilation: {r['steady_s']:.1f}s)  learner idle {r['learner_idle_frac']:.0%}  "
                   f"actor idle {r['actor_idle_frac']:.0%}  groups trained {r.get('trained_frac', 1):.0%}, "
-                  f"dropped stale {r.get('stale_frac', 0):.0%}", flush=True)
+                  f"dropped stale {r.get('stale_frac', 0):.0%}  "
+                  f"{groups_per_s(r):.3f} groups trained/s", flush=True)
     ratio = results["sync"]["train_s"] / results["async"]["train_s"]
     steady = results["sync"]["steady_s"] / results["async"]["steady_s"]
     print(f"speedup async vs sync (same {args.steps} learner steps, model {args.model}, {args.layout} layout): "
-          f"{ratio:.2f}x overall, {steady:.2f}x after the first (compiling) step")
+          f"{ratio:.2f}x overall, {steady:.2f}x after the first (compiling) step; "
+          f"groups trained per second async/sync {groups_per_s(results['async']) / groups_per_s(results['sync']):.2f}x")
+
+
+def groups_per_s(summary: dict) -> float:
+    """Groups the learner trained on per second of the training loop."""
+    return summary["groups_trained"] / max(summary["train_s"], 1e-9)
 
 
 if __name__ == "__main__":

@@ -222,15 +222,18 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.concurrent_groups = 8
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 640
-    c.actor.temperature = 0.7           # at 1.0 a 135M model's sampled turns rarely stay well-formed
+    # Search-R1 samples at 1.0 / top_p 0.95; on this model that run lost EM (0.812 -> 0.766 in
+    # 2 steps; sampled train EM 0.28 vs greedy 0.81: README, "Results")
+    c.actor.temperature = 0.7
     c.actor.top_p = 1.0
     c.generator.num_slots = 48           # 40 episodes in flight (8 groups x 5): decode steps of 48 rows
     c.generator.max_len = 640
     c.generator.prefill_chunk = 384
     c.generator.token_bucket_growth = 2  # prefill chunks of 16, 32, ... 384 tokens: little padding
     # 2 cores: generation and training take turns (sync), and only groups with a reward
-    # difference are trained on. Async runs the same learner steps 1.63x faster here
-    # (bench/sebulba.py --as-configured) but learned less per run: this command in async mode
+    # difference are trained on. Async runs 2.47x the learner steps per second here but sync
+    # trains 1.52x the groups per second (bench/sebulba.py --as-configured), and async learned
+    # less per run: this command in async mode
     # (queue of 4 groups, max lag 2) did 11 steps for +0.09 EM with 17.7% of the groups dropped
     # stale, against sync's 4 steps for +0.19 and none dropped (BUILD.md, async vs sync).
     c.sebulba.mode = "sync"
