@@ -231,7 +231,10 @@ def main() -> None:
         b = next((r for r in base if r["env"] == o["env"] and r["concurrency"] == o["concurrency"]), None)
         if b is None:
             continue
-        ratio = o["steps_per_s"] / b["steps_per_s"] if b["steps_per_s"] else float("inf")
+        if not b["episodes"]:  # nothing to compare against: say so rather than print an infinite ratio
+            print(f"{o['env']:5s} {o['concurrency']:5d}  baseline finished no episode ({b['errors']}): no ratio")
+            continue
+        ratio = o["steps_per_s"] / b["steps_per_s"]
         print(f"{o['env']:5s} {o['concurrency']:5d} {ratio:14.2f} {o['p50_ms'] / max(b['p50_ms'], 1e-9):10.2f} "
               f"{o['p99_ms'] / max(b['p99_ms'], 1e-9):10.2f} "
               f"{o['cpu_us_per_step'] / max(b['cpu_us_per_step'], 1e-9):15.2f} {o['lost']:10d} {b['lost']:10d}")

@@ -17,6 +17,7 @@ import uvicorn  # noqa: E402
 from fastapi import FastAPI, HTTPException  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
+import envs as _bundled_envs  # noqa: E402, F401  (registers the bundled envs, as the env host's `--import envs` does)
 from agentic.env import make  # noqa: E402
 
 
