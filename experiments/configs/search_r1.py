@@ -8,7 +8,7 @@ the embedded synthetic world, BM25 retrieval, embedded JAX engine):
   python experiments/search_r1.py --config=experiments/configs/search_r1.py \
       --workdir=runs/search_r1
 
-  Measured at f0b29b0 on a 2-core CPU: 11:38 wall (the install adds 40-60 s); greedy
+  Measured at 7767afd on a 2-core CPU: 11:22 wall (the install adds 40-60 s); greedy
   held-out EM 0.000 at step 0 (8 questions) -> 0.609 after the cold start (128) -> 0.734
   after 2 GRPO steps (128): +0.125 from RL, no group dropped as stale (README.md "Results").
 
