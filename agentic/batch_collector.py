@@ -78,7 +78,9 @@ class BatchCollector:
                 else:
                     batch.append(g)
             if budget <= 0 and len(batch) + len(spare) >= self.B:  # out of rounds: train on what there is
-                batch += spare[: self.B - len(batch)]
+                filler = spare[: self.B - len(batch)]
+                self.uniform -= len(filler)  # trained on after all: not set aside
+                batch += filler
                 break
         if self.sync:
             self._set_paused(True)
