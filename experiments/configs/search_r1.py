@@ -225,7 +225,8 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 640
     # Search-R1 samples at 1.0 / top_p 0.95; on this model that run lost EM (0.812 -> 0.766 in
-    # 2 steps; sampled train EM 0.28 vs greedy 0.81: README, "Results")
+    # 2 steps; sampled train EM 0.28 vs greedy 0.81: README, "Results"), and none of the weaker
+    # cold starts / lrs tried at 1.0 gained the +0.10 0.7 does (BUILD.md, Search-R1 differences)
     c.actor.temperature = 0.7
     c.actor.top_p = 1.0
     c.generator.num_slots = 48           # 40 episodes in flight (8 groups x 5): decode steps of 48 rows
