@@ -211,6 +211,10 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.warm_start.steps = 3
     c.warm_start.batch = 8
     c.warm_start.lr = 1e-4
+    # Half the demonstrations answer at once with the most frequent answer of their question type
+    # (envs/search/policies.py NoSearch), half search and read the answer off the passage: the
+    # cold start teaches the format and both habits, and leaves RL to find out which one pays.
+    c.warm_start.no_search_frac = 0.5
     c.eval_tasks = 128
     c.eval_quick_tasks = 8              # the start and during-RL evals (labelled with their size)
     c.eval_every = 1                    # a quick eval after every RL step: >= 2 points during RL even in a short run
@@ -224,11 +228,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.concurrent_groups = 8
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 640
-    # Search-R1 samples at 1.0 / top_p 0.95; on this model that run lost EM (0.812 -> 0.766 in
-    # 2 steps; sampled train EM 0.28 vs greedy 0.81: README, "Results"), and none of the weaker
-    # cold starts / lrs tried at 1.0 gained the +0.10 0.7 does (BUILD.md, Search-R1 differences)
-    c.actor.temperature = 0.7
-    c.actor.top_p = 1.0
+    # Sampling: Search-R1's (temperature 1.0, top_p 0.95, from base_config).
     c.generator.num_slots = 48           # 40 episodes in flight (8 groups x 5): decode steps of 48 rows
     c.generator.max_len = 640
     c.generator.prefill_chunk = 384

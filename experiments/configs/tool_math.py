@@ -40,6 +40,8 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.max_turns = 3               # a call, then the answer (and one spare turn)
     c.actor.max_new_tokens_per_turn = 40
     c.actor.max_total_tokens = 512
+    c.actor.temperature = 0.7           # not a Search-R1 run: the sampling it was measured with
+    c.actor.top_p = 1.0
     c.generator.max_len = 512
     c.learner.seq_buckets = (1024,)
     c.data = ml_collections.ConfigDict({"num_train": 2000, "num_eval": 64, "seed": 0})

@@ -74,6 +74,18 @@ def test_ppo_recipe_is_search_r1s_script(variant, tmp_path):
     assert (c.env.kwargs.max_turns, c.actor.max_turns) == (4, 5)
 
 
+def test_cpu_default_samples_and_budgets_turns_as_search_r1():
+    """The 2-core default is scaled down (1 search, 40 tokens a turn) but samples and ends episodes
+    as Search-R1's GRPO script does; the built episode config is what the actor runs."""
+    ep = launcher.actor_config(search_r1.get_config("default")).episode
+    assert ep.temperature == 1.0                                 # actor_rollout_ref.rollout.temperature=1
+    assert ep.top_p == 0.95                                      # not set: verl's rollout default top_p 0.95
+    assert ep.max_turns == 2                                     # max_turns=1 round + the final answer turn
+    # tool_math is not a Search-R1 run: it keeps the sampling its README numbers were measured at
+    tm = launcher.actor_config(tool_math.get_config("default")).episode
+    assert (tm.temperature, tm.top_p) == (0.7, 1.0)
+
+
 def test_turn_budget_has_one_owner():
     c = search_r1.get_config("default")
     c.env.kwargs.max_turns = 3
