@@ -44,6 +44,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.top_p = 1.0
     c.generator.max_len = 512
     c.learner.seq_buckets = (1024,)
+    c.learner.min_micro_batches = 8
     c.data = ml_collections.ConfigDict({"num_train": 2000, "num_eval": 64, "seed": 0})
     c.eval_tasks = 64
     c.eval_quick_tasks = 16
