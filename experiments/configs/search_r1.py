@@ -8,9 +8,10 @@ the embedded synthetic world, BM25 retrieval, embedded JAX engine):
   python experiments/search_r1.py --config=experiments/configs/search_r1.py \
       --workdir=runs/search_r1
 
-  Measured at 7767afd on a 2-core CPU: 11:22 wall (the install adds 40-60 s); greedy
-  held-out EM 0.000 at step 0 (8 questions) -> 0.609 after the cold start (128) -> 0.734
-  after 2 GRPO steps (128): +0.125 from RL, no group dropped as stale (README.md "Results").
+  Measured at f8349c1 on a 2-core CPU: 11:10 wall (the install adds 40-60 s); greedy
+  held-out EM 0.000 at step 0 (8 questions) -> 0.039 after the cold start (128) -> 0.422
+  after 2 GRPO steps (128): +0.383 from RL (0.000 with the advantages negated,
+  tools/reversed_reward.py), no group dropped as stale (README.md "Results").
 
 test (tiny random model, tiny world; the whole loop in well under 2 minutes,
 what CI runs):
