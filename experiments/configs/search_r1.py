@@ -274,6 +274,8 @@ def test_config() -> ml_collections.ConfigDict:
     c.actor.max_total_tokens = 512
     c.generator.num_slots = 8
     c.generator.max_len = 512
+    c.generator.prefill_chunk = 128     # prefills of 16 or 128 tokens: 2 lengths to compile, not 6
+    c.generator.token_bucket_growth = 8
     c.learner.batch_groups = 2
     c.queue.capacity_groups = 8
     c.eval_quick_tasks = 2

@@ -43,7 +43,7 @@ def cpu_default() -> ml_collections.ConfigDict:
     c.actor.temperature = 0.7           # not a Search-R1 run: the sampling it was measured with
     c.actor.top_p = 1.0
     c.generator.max_len = 512
-    c.learner.seq_buckets = (1024,)
+    c.learner.seq_buckets = (1024,)     # and the learner shape (rows, micro-batches) it was measured with
     c.learner.min_micro_batches = 8
     c.data = ml_collections.ConfigDict({"num_train": 2000, "num_eval": 64, "seed": 0})
     c.eval_tasks = 64

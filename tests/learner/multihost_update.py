@@ -83,6 +83,9 @@ if a.stream == "first":  # checkpoint (with every process's task stream state), 
     learner.wait_for_checkpoint()
     np.savez(os.path.join(a.out, f"process_{a.process_id}.npz"), task_ids=np.array(task_ids))
     print(f"process {a.process_id}: saved at {learner.version}, SIGKILL", flush=True)
+    # Nobody dies before every process has written: a peer's death makes jax's coordination
+    # service abort the others (SIGABRT), possibly mid-write.
+    multihost_utils.sync_global_devices("saved")
     os.kill(os.getpid(), signal.SIGKILL)
 flat = [np.asarray(multihost_utils.process_allgather(x, tiled=True)).ravel() if a.num_processes > 1
         else np.asarray(x).ravel() for x in jax.tree.leaves(learner.params)]

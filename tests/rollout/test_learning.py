@@ -24,21 +24,16 @@ import numpy as np
 
 from agentic import launcher
 from agentic.core import Experiment
-from agentic.learner import advantages, batching
+from agentic.learner import batching
 from experiments.configs import search_r1
+from tools import reversed_reward
 
 BREAK = os.environ.get("AGENTIC_BREAK_LEARNING", "")
 
 
-def break_learning_signal(monkeypatch, how: str) -> None:
-    if how == "advantage_sign":
-        grpo = advantages.ESTIMATORS.get("grpo")
-
-        def flipped(inputs, **kw):
-            adv, returns = grpo(inputs, **kw)
-            return -adv, returns
-
-        monkeypatch.setitem(advantages.ESTIMATORS._values, "grpo", flipped)
+def break_learning_signal(monkeypatch, how: str, config) -> None:
+    if how == "advantage_sign":  # the control run's estimator: GRPO's advantages negated
+        config.learner.algorithm = reversed_reward.register_reversed()
     elif how == "loss_mask":
         make = batching.make_episodes
 
@@ -57,7 +52,7 @@ def learning_config():
     c.env.name = "spaces"
     c.env.imports = "tests.rollout.learnable_env"
     c.env.kwargs = {}
-    c.total_steps = 15
+    c.total_steps = 8
     c.eval_tasks = c.eval_quick_tasks = 0
     c.checkpoint_every = 1000
     c.sebulba.dynamic_sampling = False
@@ -83,15 +78,16 @@ def learning_config():
 
 
 def test_reward_rises_from_start_to_near_max(tmp_path, monkeypatch):
-    break_learning_signal(monkeypatch, BREAK)
+    config = learning_config()
+    break_learning_signal(monkeypatch, BREAK, config)
     workdir = str(tmp_path / "run")
     tasks = [{"id": i} for i in range(64)]  # the env ignores the task: every episode is the same game
-    stats = launcher.train(learning_config(), workdir, Experiment(train_tasks=tasks))
+    stats = launcher.train(config, workdir, Experiment(train_tasks=tasks))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     rewards = [r["reward"] for r in rows if r["split"] == "train"]
-    assert stats["steps"] == 15 and len(rewards) == 15
+    assert stats["steps"] == 8 and len(rewards) == 8
     # step 1 trains on episodes sampled from the initial weights only: the random policy's reward
     start, end = rewards[0], np.mean(rewards[-3:])
     print(f"train reward per step: {np.round(rewards, 2).tolist()}")
     assert start < 0.7, f"the random policy already scores {start:.2f}: the env is not a learning test"
-    assert end > 0.9, f"reward went from {start:.2f} to {end:.2f} in 15 steps: RL did not learn"
+    assert end > 0.9, f"reward went from {start:.2f} to {end:.2f} in 8 steps: RL did not learn"
