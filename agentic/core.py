@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +26,6 @@ import numpy as np
 # The plain data they exchange (agentic/types.py), re-exported: `from agentic.core import Step` works.
 from agentic.types import (  # noqa: F401
     Completion,
-    Experiment,
     FinishType,
     GenerateRequest,
     GenerationAborted,
@@ -217,3 +216,30 @@ class Learner(Protocol):
     def wait_for_checkpoint(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def _rewarded(trajectory: Trajectory) -> bool:
+    return trajectory.reward > 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """What the training loop needs of an experiment besides its config; the loop knows no env.
+
+    train_tasks, eval_tasks: the tasks episodes start from (JSON mappings the env's `reset` takes).
+    env_kwargs: merged over `config.env.kwargs` for every episode (e.g. the data the tasks come from).
+    demo_policy: for the cold start (`config.warm_start`): builds a scripted policy (with
+      `act(observation) -> action`) from an episode's prompt text; None skips the cold start.
+    keep_demo: which scripted episodes the cold start trains on (default: rewarded ones).
+    progress_metrics: env metrics shown on the progress line and reported per eval (e.g. "em").
+    """
+
+    train_tasks: Sequence[Task]
+    eval_tasks: Sequence[Task] = ()
+    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    demo_policy: Callable[[str], Any] | None = None
+    keep_demo: Callable[[Trajectory], bool] = _rewarded
+    progress_metrics: tuple[str, ...] = ()

@@ -16,7 +16,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch_tpu.sh"
-JAX_VERSION = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
 FLAGS = ["--name", "rl-test", "--zone", "us-central2-b", "--project", "proj", "--workdir", "gs://bkt/run1",
          "--env-hosts", "2", "--sglang-urls", "http://10.1.0.5:30000,http://10.1.0.6:30000"]  # fmt: skip
 EXTRA = ["--", "--config.learner.lr=2e-6", "--config.note=two words"]
@@ -74,8 +73,10 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
     assert not list(tmp_path.glob("*.tar.gz")), "a dry run built the tarball"
 
     (create,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "create", "rl-test")
-    assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v4-8",
-            "--version=tpu-ubuntu2204-base"} <= set(create)  # fmt: skip
+    # the recipe's slice (qwen2_5_7b_tpu: tpu.topology v5p:2x2x4, 16 chips = v5p-32) and its runtime
+    assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v5p-32",
+            "--version=v2-alpha-tpuv5"} <= set(create)  # fmt: skip
+    assert "--spot" not in create
     assert find(commands, "gcloud", "compute", "tpus", "tpu-vm", "describe", "rl-test")  # reuse check
 
     scp, _token_scp = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "scp")
@@ -84,7 +85,7 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
     assert "--worker=all" in install and "--worker=all" in train
     install_cmd = option(install, "--command")
     assert ".venv/bin/pip install -q --no-deps -r requirements.txt" in install_cmd
-    assert f"'jax[tpu]=={JAX_VERSION}'" in install_cmd
+    assert "pip install -q --no-deps -r requirements-tpu.txt" in install_cmd  # libtpu, pinned
 
     creates = find(commands, "gcloud", "compute", "instances", "create")
     assert [c[4] for c in creates] == ["rl-test-env-1", "rl-test-env-2"]
@@ -169,6 +170,23 @@ def test_real_run_executes_exactly_the_printed_commands(fake_gcloud, tmp_path):
         names = set(tar.getnames())
     assert {"launch_tpu.sh", "requirements.txt", "agentic/transport/queue.py"} <= names
     assert not any(n.startswith((".venv/", ".git/")) for n in names)
+
+
+def test_the_recipe_sizes_the_slice_and_the_env_host_pool(fake_gcloud):
+    env, _ = fake_gcloud
+    result = launch(env, "--dry-run", "--workdir", "gs://b/r", "--name", "rl", "--config", "qwen2_5_3b_tpu", "--spot")
+    assert result.returncode == 0, result.stderr
+    commands = printed_commands(result.stdout)
+    (create,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "create", "rl")
+    assert {"--accelerator-type=v5p-32", "--version=v2-alpha-tpuv5", "--zone=us-east5-a", "--spot"} <= set(create)
+    # 4 hosts x 64 concurrent groups x 5 episodes = 1,280 sessions; 1,024 per env host: 2 env VMs
+    assert [c[4] for c in find(commands, "gcloud", "compute", "instances", "create")] == ["rl-env-1", "rl-env-2"]
+    assert "1280 concurrent episodes" in result.stderr
+
+    queued = printed_commands(launch(env, "--dry-run", "--workdir", "gs://b/r", "--name", "rl", "--queued").stdout)
+    (request,) = find(queued, "gcloud", "compute", "tpus", "queued-resources", "create", "rl")
+    assert {"--node-id=rl", "--accelerator-type=v5p-32", "--runtime-version=v2-alpha-tpuv5"} <= set(request)
+    assert not find(queued, "gcloud", "compute", "tpus", "tpu-vm", "create")
 
 
 def test_env_hosts_zero_creates_no_cpu_vms(fake_gcloud):

@@ -203,11 +203,12 @@ class EngineCore:
 
     def __init__(self, config: models.ModelConfig, params: Any, tokenizer: Any = None,
                  engine_config: EngineConfig = EngineConfig(), *, devices: Sequence[Any] | None = None,
-                 eos_token_ids: Sequence[int] | None = None, weight_version: int = 0):
+                 eos_token_ids: Sequence[int] | None = None, weight_version: int = 0, abstract: bool = False):
         self.config = config
+        self.abstract = abstract
         self.ec = ec = engine_config
         self.tokenizer = tokenizer
-        devices = list(devices) if devices else [jax.local_devices()[0]]
+        devices = list(devices) if devices is not None else [jax.local_devices()[0]]
         if len(devices) % ec.tp_size:
             raise ValueError(f"tp_size {ec.tp_size} does not divide the {len(devices)} devices")
         n_data = len(devices) // ec.tp_size
@@ -219,7 +220,11 @@ class EngineCore:
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
 
         self.param_shardings = param_shardings(config, params, self.mesh)
-        self.params = jax.device_put(params, self.param_shardings)
+        if abstract:  # shapes and shardings only (ahead-of-time compiles for a TPU topology)
+            self.params = jax.tree.map(lambda p, sh: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=sh), params,
+                                       self.param_shardings)
+        else:
+            self.params = jax.device_put(params, self.param_shardings)
         self.weight_version = int(weight_version)
         kvh = config.num_kv_heads
         cache_spec = P(None, "data" if ec.num_slots % n_data == 0 else None, None,
@@ -227,8 +232,13 @@ class EngineCore:
         self.cache_sharding = NamedSharding(self.mesh, cache_spec)
         self.replicated = NamedSharding(self.mesh, P())
         cache_dtype = ec.cache_dtype or config.dtype
-        self.cache = jax.jit(lambda: models.init_cache(config, ec.num_slots, ec.max_len, cache_dtype),
-                             out_shardings={"k": self.cache_sharding, "v": self.cache_sharding})()
+        make_cache = jax.jit(lambda: models.init_cache(config, ec.num_slots, ec.max_len, cache_dtype),
+                             out_shardings={"k": self.cache_sharding, "v": self.cache_sharding})
+        if abstract:
+            self.cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.cache_sharding),
+                                      jax.eval_shape(make_cache))
+        else:
+            self.cache = make_cache()
 
         self.row_buckets = _buckets(1, min(ec.max_prefill_batch, ec.num_slots), ec.bucket_growth)
         self.len_buckets = _buckets(ec.min_prefill_bucket, min(ec.prefill_chunk, ec.max_len),
@@ -281,6 +291,31 @@ class EngineCore:
         self._prefill = jax.jit(prefill, donate_argnums=(1,), out_shardings=(cs, rep, rep))
         self._decode = jax.jit(decode, donate_argnums=(1,), out_shardings=(cs, rep, rep),
                                static_argnames=("kv_len",))
+
+    def lower_programs(self) -> dict[str, Any]:
+        """Every jitted program of the engine lowered at its largest shapes on abstract inputs (with
+        the engine's shardings): {"engine_prefill", "engine_decode", "engine_copy_slot"}. For
+        ahead-of-time compiles (tools/aot_check.py); works on an abstract engine."""
+        def arr(shape, dtype):
+            return jax.ShapeDtypeStruct(shape, dtype, sharding=self.replicated)
+
+        cache = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.cache_sharding),
+                             self.cache)
+        params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params)
+        i32, f32 = np.int32, np.float32
+
+        def samp(n):
+            return arr((n,), f32), arr((n,), i32), arr((n,), f32), arr((n,), i32), arr((n,), i32)
+
+        rows, T = self.row_buckets[-1], self.len_buckets[-1]
+        n = self.decode_row_buckets[-1]
+        return {
+            "engine_prefill": self._prefill.lower(params, cache, arr((rows,), i32), arr((rows, T), i32),
+                                                  arr((rows, T), i32), arr((rows,), i32), *samp(rows)),
+            "engine_decode": self._decode.lower(params, cache, arr((n,), i32), arr((n,), i32), *samp(n),
+                                                kv_len=self.kv_buckets[-1]),
+            "engine_copy_slot": self._copy_slot.lower(cache, arr((), i32), arr((), i32)),
+        }
 
     # ------------------------------------------------------------------ thread-safe entry points
 

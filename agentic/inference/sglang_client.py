@@ -169,6 +169,10 @@ class SGLangClient(Generator):
     def weight_version(self) -> int:
         return self._version
 
+    def note_weight_version(self, version: int) -> None:
+        """Records that the servers serve `version` now (another process of the run updated them)."""
+        self._version = max(self._version, int(version))
+
     def _pick(self, session_id: str | None, tried: set) -> _Server | None:
         now = time.monotonic()
         if session_id is not None and session_id in self._affinity:
@@ -426,11 +430,22 @@ class SGLangWeights(WeightPublisher):
             client, weights_dir, model_config, tokenizer, run)
 
     def publish(self, params: Any, version: int) -> None:
+        """Process 0 exports `params` (in the dtype given: the launcher hands the serving dtype, bf16 on
+        TPU) once, has every server load it, then deletes the older versions; other processes of a
+        multi-host run only record the version (their actors use the same servers)."""
+        import shutil
+
         import jax
 
         from agentic import models
 
+        if jax.process_index() != 0:
+            self.client.note_weight_version(version)
+            return
         path = os.path.join(self.weights_dir, f"version_{version:06d}")
         models.export_hf(self.model_config, jax.device_get(params), path, tokenizer=self.tokenizer)
         self.run(self.client.update_weights(path, version))
+        for old in os.listdir(self.weights_dir):  # every server now serves `path`
+            if old.startswith("version_") and os.path.join(self.weights_dir, old) != path:
+                shutil.rmtree(os.path.join(self.weights_dir, old), ignore_errors=True)
 

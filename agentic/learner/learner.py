@@ -53,6 +53,7 @@ from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
 from agentic.learner import batching, losses, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
+from agentic.learner.checkpoint import abstract_like as checkpoint_abstract
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
 from agentic.learner.train_step import make_score_fn, make_train_step
 from agentic.models import ModelConfig
@@ -220,6 +221,13 @@ def param_shardings(model_config: ModelConfig, mesh) -> Any:
     return sharding.tree_shardings(models.param_shapes(model_config), models.param_logical_axes(model_config), mesh)
 
 
+def _as_dtype(x, dtype):
+    """A copy of array `x` in `dtype` (same sharding), or its ShapeDtypeStruct for an abstract one."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype) if x.dtype != dtype else x.copy()
+
+
 class Learner:
     """Owns the sharded train state; see the module docstring for the API.
 
@@ -229,13 +237,16 @@ class Learner:
       params: the initial policy params: a pytree (placed on the mesh), a callable taking the
         params' shardings and returning params (a loader), or None (random init from config.seed).
       mesh: a (data, fsdp, tensor) Mesh; default: built from config.mesh_shape.
+      abstract: build the state as ShapeDtypeStructs with its shardings, allocating nothing (the
+        mesh may then be a TPU topology's devices): for `lower_programs` (ahead-of-time compiles).
     """
 
     def __init__(self, config: LearnerConfig, model_config: ModelConfig,
-                 params: Any | Callable[[Any], Any] | None = None, *, mesh=None):
-        if config.distributed:
+                 params: Any | Callable[[Any], Any] | None = None, *, mesh=None, abstract: bool = False):
+        if config.distributed and not abstract:
             sharding.initialize_distributed()
         self.config = config
+        self.abstract = abstract
         self.model_config = model_config.replace(dtype=config.compute_dtype, param_dtype=config.param_dtype,
                                                  remat=config.remat)
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh_shape)
@@ -243,7 +254,7 @@ class Learner:
         if config.micro_batch_size % div:
             raise ValueError(f"micro_batch_size {config.micro_batch_size} must be a multiple of data * fsdp = {div} "
                              f"(rows are sharded over those mesh axes)")
-        nproc = jax.process_count()
+        nproc = len({d.process_index for d in self.mesh.devices.flat}) if abstract else jax.process_count()
         if config.micro_batch_size % nproc:
             raise ValueError(f"micro_batch_size {config.micro_batch_size} must be a multiple of the process count {nproc}")
         self._local_micro = config.micro_batch_size // nproc
@@ -251,38 +262,25 @@ class Learner:
         self._agg_norm = config.loss_agg_norm or float(self._max_len)
 
         policy_sh = param_shardings(self.model_config, self.mesh)
+        sharding.check_fsdp_divides(models.param_shapes(self.model_config),
+                                    models.param_logical_axes(self.model_config), self.mesh)
         pdt = jnp.dtype(config.param_dtype)
-        if params is None:
-            params = models.init_params(self.model_config, jax.random.key(config.seed))
-        elif callable(params):
-            params = params(policy_sh)
-        params = jax.device_put(jax.tree.map(lambda p: jnp.asarray(p, pdt), params), policy_sh)
-        trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
-        if config.uses_values:
-            vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
-            trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
-            trainable_sh["value"] = vsh
-        # The frozen reference exists only when a KL term uses it: a copy of the initial policy.
-        self._ref = (jax.tree.map(lambda p: p.copy(), params) if config.kl_coef else None)
-        self._ref_sh = policy_sh if config.kl_coef else None
-
         self._opt = optimizer.make_optimizer(
             config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule, total_steps=config.total_steps,
             final_lr_ratio=config.final_lr_ratio, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
             weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             value_lr=config.value_lr if config.uses_values else None)
         rep = sharding.replicated(self.mesh)
-        # Eager init: moments are zeros_like(params) and keep their shardings; the scalars
-        # (step counts) land on one device and are replicated over the mesh here.
-        opt_state = jax.tree.map(
-            lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep),
-            self._opt.init(trainable))
-        self._state = {
-            "trainable": trainable, "opt_state": opt_state,
-            "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-            "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(config.seed)), rep),
-        }
+        if abstract:
+            self._state, trainable_sh = self._abstract_state(policy_sh, pdt, rep)
+        else:
+            self._state, trainable_sh = self._initial_state(params, policy_sh, pdt, rep)
+        # The frozen reference exists only when a KL term uses it: a copy of the initial policy, held in
+        # the compute dtype (the forward pass casts to it anyway: bf16 compute halves its memory).
+        ref_dtype = jnp.dtype(config.compute_dtype) if jnp.dtype(config.compute_dtype).itemsize < pdt.itemsize else pdt
+        self._ref = (jax.tree.map(lambda p: _as_dtype(p, ref_dtype), self._state["trainable"]["policy"])
+                     if config.kl_coef else None)
+        self._ref_sh = policy_sh if config.kl_coef else None
         self._state_sh = jax.tree.map(lambda x: x.sharding, self._state)
         self._trainable_sh = trainable_sh
         self._rep = rep
@@ -291,7 +289,88 @@ class Learner:
         self._score_fns: dict[tuple, Any] = {}
         self._ckpt = (Checkpointer(config.checkpoint_dir, keep=config.keep_checkpoints,
                                    every=config.checkpoint_every, async_save=config.async_checkpointing)
-                      if config.checkpoint_dir else None)
+                      if config.checkpoint_dir and not abstract else None)
+
+    def _initial_state(self, params, policy_sh, pdt, rep) -> tuple[dict, dict]:
+        """The train state on the mesh: params placed (or loaded straight) into their shardings."""
+        config = self.config
+        if params is None:
+            params = models.init_params(self.model_config, jax.random.key(config.seed))
+        elif callable(params):
+            params = params(policy_sh)
+        params = jax.device_put(jax.tree.map(lambda p: p if getattr(p, "dtype", None) == pdt else jnp.asarray(p, pdt),
+                                             params), policy_sh)
+        trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
+        if config.uses_values:
+            vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
+            trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
+            trainable_sh["value"] = vsh
+        # Eager init: moments are zeros_like(params) and keep their shardings; the scalars
+        # (step counts) land on one device and are replicated over the mesh here.
+        opt_state = jax.tree.map(
+            lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep),
+            self._opt.init(trainable))
+        state = {
+            "trainable": trainable, "opt_state": opt_state,
+            "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
+            "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
+            "rng": jax.device_put(jax.random.key_data(jax.random.key(self.config.seed)), rep),
+        }
+        return state, trainable_sh
+
+    def _abstract_state(self, policy_sh, pdt, rep) -> tuple[dict, dict]:
+        """The same train state as `_initial_state`, as ShapeDtypeStructs with the same shardings: nothing is
+        allocated, so the mesh may be a TPU topology's devices (ahead-of-time compilation, tools/aot_check.py)."""
+        config = self.config
+
+        def sds(tree, shardings):
+            return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, pdt), models.param_shapes(self.model_config))
+        trainable, trainable_sh = {"policy": sds(shapes, policy_sh)}, {"policy": policy_sh}
+        if config.uses_values:
+            value = jax.eval_shape(lambda: init_value_head(self.model_config))
+            vsh = sharding.tree_shardings(value, value_head_logical_axes(), self.mesh)
+            trainable["value"], trainable_sh["value"] = sds(value, vsh), vsh
+        opt_shapes = jax.eval_shape(self._opt.init, trainable)
+        opt_sh = sharding.like_params(opt_shapes, trainable, rep)
+        key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+        state = {"trainable": trainable, "opt_state": sds(opt_shapes, opt_sh), "step": scalar, "version": scalar,
+                 "rng": jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)}
+        return state, trainable_sh
+
+    def lower_programs(self, *, seq_len: int | None = None, num_micro: int = 1) -> dict[str, Any]:
+        """The learner's jitted programs lowered on abstract inputs: {"learner_update": train step,
+        "learner_score": the scoring pass (when this config runs it)}, each a `jax.stages.Lowered`
+        for a packed batch of `num_micro` micro-batches of rows of `seq_len` (default: the largest
+        bucket). Works on a real or an abstract learner (then on a TPU topology's devices)."""
+        c = self.config
+        T = seq_len or self._max_len
+        shape = (num_micro, c.micro_batch_size, T)
+
+        def batch(keys):
+            ints = ("inputs", "targets", "positions", "segment_ids")
+            return {k: jax.ShapeDtypeStruct(shape, jnp.int32 if k in ints else jnp.float32, sharding=self._batch_sh)
+                    for k in keys}
+
+        base = ["inputs", "targets", "positions", "segment_ids"]
+        keys = base + ["weights", "mean_weights", "advantages", "behavior_logprobs"]
+        need_prox = c.off_policy != "none" and c.num_minibatches > 1
+        if need_prox:
+            keys.append("proximal_logprobs")
+        if c.kl_coef and c.kl_mode == "loss":
+            keys.append("ref_logprobs")
+        if c.uses_values:
+            keys += ["old_values", "returns"]
+        keys = tuple(sorted(keys))
+        state = checkpoint_abstract(self._state)
+        out = {"learner_update": self._train_step(keys).lower(state, batch(keys))}
+        if c.uses_values or c.kl_coef > 0 or need_prox:
+            score_keys = tuple(sorted(base))
+            ref = None if self._ref is None else checkpoint_abstract(self._ref)
+            out["learner_score"] = self._score_fn(score_keys).lower(state["trainable"], ref, batch(score_keys))
+        return out
 
     # ------------------------------------------------------------------ public state
 
@@ -456,8 +535,9 @@ class Learner:
         model_tokens = ep.mask.sum()
         real = float(ep.lengths.sum())
         lags = version - ep.versions
+        n_global = float(N) if jax.process_count() == 1 else float(multihost_utils.process_allgather(np.int32(N)).sum())
         metrics |= {
-            "batch/trajectories": float(N), "batch/tokens": real, "batch/model_tokens": float(model_tokens),
+            "batch/trajectories": float(N), "batch/trajectories_global": n_global, "batch/tokens": real, "batch/model_tokens": float(model_tokens),
             # padding inside the micro-batches that run (all-padding ones are skipped)
             "batch/pad_fraction": 1.0 - real / float(sum(p.computed_positions for p in plans)),
             "batch/truncated_tokens": float(ep.truncated_tokens),
