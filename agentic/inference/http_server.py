@@ -13,6 +13,14 @@ Endpoints (SGLang's names and shapes, see `agentic.inference.sglang_api`):
 
 Malformed requests get HTTP 400 naming the field; the server keeps serving.
 
+Trust (issue 31): with `api_key` (SGLang's `--api-key`) every route but /health* needs
+`Authorization: Bearer <key>` (401 otherwise), and `start_server` refuses a non-loopback host
+without one. A connection that has not sent a whole request's headers within `header_timeout_s`
+(of opening, or of its last response) is closed; a body not read within `body_timeout_s` is a
+408; bodies over `max_body_bytes` a 413. Sampling values the engine cannot hold (top_k past
+int32, NaN top_p, infinite temperature) are a 400 for that request (`SamplingParams`), never an
+engine error. Non-finite floats (a NaN log-prob) are sent as JSON null, never as bare `NaN`.
+
 Where this differs from SGLang, because `JaxEngine` has no per-token callback,
 no cancel and no scheduler pause (see BUILD.md):
 - `stream: true` sends SGLang's SSE framing (`data: {json}` events, then
@@ -31,8 +39,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +52,7 @@ from aiohttp import web
 
 from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
+from agentic.inference.openai_api import OpenAIRoutes
 from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 
@@ -49,6 +60,26 @@ log = logging.getLogger(__name__)
 
 # (model_path) -> params pytree with the served structure
 ParamsLoader = Callable[[str], Any]
+
+
+def _finite(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def json_dumps(obj: Any) -> str:
+    """Standard JSON: non-finite floats become null (Python's json writes bare NaN, which strict
+    parsers, JavaScript's included, reject)."""
+    try:
+        return json.dumps(obj, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False)
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -78,11 +109,21 @@ class SGLangServer:
       load_params: loads new weights for /update_weights_from_disk.
       server_info: extra /get_server_info entries.
       weight_version: the initial weight version label (default: the engine's integer).
+      api_key: clients must send `Authorization: Bearer <api_key>` (all routes but /health*).
+      max_body_bytes: larger request bodies get 413.
+      body_timeout_s: a body not received within this gets 408.
+      header_timeout_s: a connection idle this long without a request in flight (slow or no
+        headers) is closed.
     """
 
     def __init__(self, engine: JaxEngine, *, model_path: str = "", load_params: ParamsLoader | None = None,
-                 server_info: dict | None = None, weight_version: str | None = None):
+                 server_info: dict | None = None, weight_version: str | None = None, api_key: str | None = None,
+                 max_body_bytes: int = 32 << 20, body_timeout_s: float = 30.0, header_timeout_s: float = 30.0):
         self.engine = engine
+        self.api_key = api_key or None
+        self.body_timeout_s, self.header_timeout_s = body_timeout_s, header_timeout_s
+        self._busy: dict[Any, int] = {}  # transport -> requests in flight on it
+        self.last_done: dict[Any, float] = {}  # transport -> when its last request finished (monotonic)
         self.model_path = model_path
         self.load_params = load_params
         self.server_info = dict(server_info or {})
@@ -93,7 +134,8 @@ class SGLangServer:
         self._labels: dict[int, str] = {}  # engine version -> the label /update_weights_from_disk was given
         if weight_version is not None:
             self._labels[engine.weight_version] = str(weight_version)
-        self.app = web.Application(client_max_size=256 * 1024 * 1024)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard],
+                                   handler_args={"keepalive_timeout": header_timeout_s})
         r = self.app.router
         r.add_route("POST", "/generate", self.generate)
         r.add_route("PUT", "/generate", self.generate)
@@ -110,10 +152,40 @@ class SGLangServer:
         r.add_route("POST", "/pause_generation", self.pause_generation)
         r.add_route("POST", "/continue_generation", self.continue_generation)
         r.add_route("POST", "/abort_request", self.abort_request)
-        from agentic.inference.openai_api import OpenAIRoutes
-
         self.openai = OpenAIRoutes(self)
         self.openai.register(r)
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        """Auth, the body deadline, and standard JSON out; counts the request in flight on its connection."""
+        transport = request.transport
+        self._busy[transport] = self._busy.get(transport, 0) + 1
+        try:
+            if self.api_key and not request.path.startswith("/health"):
+                expected = f"Bearer {self.api_key}".encode()
+                if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
+                    return _error(401, "missing or wrong API key: send 'Authorization: Bearer <api_key>'")
+            if request.can_read_body:
+                try:
+                    await asyncio.wait_for(request.read(), self.body_timeout_s)
+                except TimeoutError:
+                    return _error(408, f"request body not received within {self.body_timeout_s} s")
+            response = await handler(request)
+            if (isinstance(response, web.Response) and response.content_type == "application/json"
+                    and response.body is not None and (b"NaN" in response.body or b"Infinity" in response.body)):
+                response.text = json_dumps(json.loads(response.body))
+            return response
+        finally:
+            left = self._busy.get(transport, 1) - 1
+            self.last_done[transport] = asyncio.get_running_loop().time()
+            if left:
+                self._busy[transport] = left
+            else:
+                self._busy.pop(transport, None)
+
+    def idle(self, transport) -> bool:
+        """No request in flight on this connection (see `start_server`'s header deadline)."""
+        return transport not in self._busy
 
     @property
     def tokenizer(self):
@@ -207,14 +279,14 @@ class SGLangServer:
         for i, out in enumerate(outs):
             if parsed.batched:
                 out = {**out, "index": i}
-            await resp.write(b"data: " + json.dumps(out).encode() + b"\n\n")
+            await resp.write(b"data: " + json_dumps(out).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
     async def pause_generation(self, request: web.Request) -> web.Response:
         try:
-            body = await self._json(request) if request.can_read_body else {}
+            body = await self._json(request) if request.body_exists else {}
             mode = (body or {}).get("mode", "abort") if isinstance(body, dict) else None
             if mode not in ("abort", "retract", "in_place"):
                 raise ApiError("mode", f"must be 'abort', 'retract' or 'in_place', got {mode!r}")
@@ -326,10 +398,85 @@ class SGLangServer:
         return web.json_response(info)
 
 
-async def start_server(server: SGLangServer, host: str, port: int) -> web.AppRunner:
-    """Starts serving in the running event loop; returns the runner (await runner.cleanup())."""
+async def start_server(server: SGLangServer, host: str, port: int, *, insecure: bool = False) -> web.AppRunner:
+    """Starts serving in the running event loop; returns the runner (await runner.cleanup()).
+
+    Refuses a non-loopback `host` without `server.api_key` (anyone who can reach the port could
+    generate, swap the weights or pause the server) unless `insecure`. Connections are closed when
+    idle `server.header_timeout_s` without a request in flight (slowloris).
+    """
+    from agentic.transport.auth import is_loopback
+
+    if not server.api_key and not insecure and not is_loopback(host):
+        raise ValueError(f"refusing to serve on {host} without an API key: give --api-key (clients send "
+                         "'Authorization: Bearer <key>'), or --insecure on a closed network")
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await _DeadlineSite(runner, host, port, server).start()
     return runner
+
+
+class _DeadlineSite(web.TCPSite):
+    """A TCP site whose connections go through `_HeaderDeadline`."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, server: SGLangServer):
+        super().__init__(runner, host, port)
+        self._sglang = server
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        loop = asyncio.get_running_loop()
+        factory, server = self._runner.server, self._sglang
+        self._server = await loop.create_server(lambda: _HeaderDeadline(factory(), server, loop), self._host,
+                                                self._port, reuse_address=self._reuse_address,
+                                                reuse_port=self._reuse_port, backlog=self._backlog)
+
+
+class _HeaderDeadline(asyncio.Protocol):
+    """Wraps aiohttp's per-connection protocol: closes the connection once it has been without a
+    request in flight for `header_timeout_s` (aiohttp waits for headers forever: 200 slowloris
+    connections stayed open)."""
+
+    def __init__(self, inner, server: SGLangServer, loop: asyncio.AbstractEventLoop):
+        self._inner, self._server, self._loop = inner, server, loop
+        self._transport = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def _check(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        wait = self._server.header_timeout_s
+        if self._server.idle(transport):
+            since = max(self._opened, self._server.last_done.get(transport, 0.0))
+            wait = since + self._server.header_timeout_s - self._loop.time()
+            if wait <= 0:
+                transport.close()
+                return
+        self._timer = self._loop.call_later(wait, self._check)
+
+    def connection_made(self, transport) -> None:
+        self._transport, self._opened = transport, self._loop.time()
+        self._inner.connection_made(transport)
+        self._timer = self._loop.call_later(self._server.header_timeout_s, self._check)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._server.last_done.pop(self._transport, None)
+        self._inner.connection_lost(exc)
+
+    def eof_received(self):
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
