@@ -41,3 +41,16 @@ def test_a_deep_json_op_ends_its_batch_with_a_typed_error_and_the_host_keeps_ser
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             session = stub.Open(pb.OpenRequest(env="echo", task_json="{}"), timeout=10, metadata=auth)
             assert session.session_id
+
+
+def test_workers_does_not_import_host():
+    """host.py -> workers.py, one way: the lower file reads without the upper (issue 31)."""
+    import ast
+    import pathlib
+
+    import agentic.env.workers as workers
+
+    tree = ast.parse(pathlib.Path(workers.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "agentic.env.host" not in imported

@@ -168,3 +168,15 @@ def test_nan_log_probs_go_out_as_standard_json(fresh_core, tiny):
                 engine.update_params(params, version)
 
     asyncio.run(main())
+
+
+def test_openai_api_does_not_import_http_server():
+    """http_server.py -> openai_api.py, one way: the lower file reads without the upper (issue 31)."""
+    import ast
+    import pathlib
+
+    import agentic.inference.openai_api as openai_api
+
+    tree = ast.parse(pathlib.Path(openai_api.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "agentic.inference.http_server" not in imported
