@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import json
 import logging
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -52,6 +50,7 @@ from aiohttp import web
 
 from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
+from agentic.inference.http_guard import DeadlineSite, HttpGuard, json_dumps
 from agentic.inference.openai_api import OpenAIRoutes
 from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
@@ -60,26 +59,6 @@ log = logging.getLogger(__name__)
 
 # (model_path) -> params pytree with the served structure
 ParamsLoader = Callable[[str], Any]
-
-
-def _finite(obj: Any) -> Any:
-    """`obj` with every non-finite float replaced by None (JSON has no NaN or Infinity)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def json_dumps(obj: Any) -> str:
-    """Standard JSON: non-finite floats become null (Python's json writes bare NaN, which strict
-    parsers, JavaScript's included, reject)."""
-    try:
-        return json.dumps(obj, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite(obj), allow_nan=False)
 
 
 def _error(status: int, message: str, field: str | None = None) -> web.Response:
@@ -121,9 +100,8 @@ class SGLangServer:
                  max_body_bytes: int = 32 << 20, body_timeout_s: float = 30.0, header_timeout_s: float = 30.0):
         self.engine = engine
         self.api_key = api_key or None
-        self.body_timeout_s, self.header_timeout_s = body_timeout_s, header_timeout_s
-        self._busy: dict[Any, int] = {}  # transport -> requests in flight on it
-        self.last_done: dict[Any, float] = {}  # transport -> when its last request finished (monotonic)
+        self.guard = HttpGuard(api_key=self.api_key, body_timeout_s=body_timeout_s,
+                               header_timeout_s=header_timeout_s)
         self.model_path = model_path
         self.load_params = load_params
         self.server_info = dict(server_info or {})
@@ -134,7 +112,7 @@ class SGLangServer:
         self._labels: dict[int, str] = {}  # engine version -> the label /update_weights_from_disk was given
         if weight_version is not None:
             self._labels[engine.weight_version] = str(weight_version)
-        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self._guard],
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self.guard.middleware],
                                    handler_args={"keepalive_timeout": header_timeout_s})
         r = self.app.router
         r.add_route("POST", "/generate", self.generate)
@@ -154,38 +132,6 @@ class SGLangServer:
         r.add_route("POST", "/abort_request", self.abort_request)
         self.openai = OpenAIRoutes(self)
         self.openai.register(r)
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
-        """Auth, the body deadline, and standard JSON out; counts the request in flight on its connection."""
-        transport = request.transport
-        self._busy[transport] = self._busy.get(transport, 0) + 1
-        try:
-            if self.api_key and not request.path.startswith("/health"):
-                expected = f"Bearer {self.api_key}".encode()
-                if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected):
-                    return _error(401, "missing or wrong API key: send 'Authorization: Bearer <api_key>'")
-            if request.can_read_body:
-                try:
-                    await asyncio.wait_for(request.read(), self.body_timeout_s)
-                except TimeoutError:
-                    return _error(408, f"request body not received within {self.body_timeout_s} s")
-            response = await handler(request)
-            if (isinstance(response, web.Response) and response.content_type == "application/json"
-                    and response.body is not None and (b"NaN" in response.body or b"Infinity" in response.body)):
-                response.text = json_dumps(json.loads(response.body))
-            return response
-        finally:
-            left = self._busy.get(transport, 1) - 1
-            self.last_done[transport] = asyncio.get_running_loop().time()
-            if left:
-                self._busy[transport] = left
-            else:
-                self._busy.pop(transport, None)
-
-    def idle(self, transport) -> bool:
-        """No request in flight on this connection (see `start_server`'s header deadline)."""
-        return transport not in self._busy
 
     @property
     def tokenizer(self):
@@ -402,8 +348,8 @@ async def start_server(server: SGLangServer, host: str, port: int, *, insecure: 
     """Starts serving in the running event loop; returns the runner (await runner.cleanup()).
 
     Refuses a non-loopback `host` without `server.api_key` (anyone who can reach the port could
-    generate, swap the weights or pause the server) unless `insecure`. Connections are closed when
-    idle `server.header_timeout_s` without a request in flight (slowloris).
+    generate, swap the weights or pause the server) unless `insecure`. Connections idle
+    `header_timeout_s` without a request in flight are closed (`http_guard.DeadlineSite`).
     """
     from agentic.transport.auth import is_loopback
 
@@ -412,71 +358,5 @@ async def start_server(server: SGLangServer, host: str, port: int, *, insecure: 
                          "'Authorization: Bearer <key>'), or --insecure on a closed network")
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    await _DeadlineSite(runner, host, port, server).start()
+    await DeadlineSite(runner, host, port, server.guard).start()
     return runner
-
-
-class _DeadlineSite(web.TCPSite):
-    """A TCP site whose connections go through `_HeaderDeadline`."""
-
-    def __init__(self, runner: web.AppRunner, host: str, port: int, server: SGLangServer):
-        super().__init__(runner, host, port)
-        self._sglang = server
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        loop = asyncio.get_running_loop()
-        factory, server = self._runner.server, self._sglang
-        self._server = await loop.create_server(lambda: _HeaderDeadline(factory(), server, loop), self._host,
-                                                self._port, reuse_address=self._reuse_address,
-                                                reuse_port=self._reuse_port, backlog=self._backlog)
-
-
-class _HeaderDeadline(asyncio.Protocol):
-    """Wraps aiohttp's per-connection protocol: closes the connection once it has been without a
-    request in flight for `header_timeout_s` (aiohttp waits for headers forever: 200 slowloris
-    connections stayed open)."""
-
-    def __init__(self, inner, server: SGLangServer, loop: asyncio.AbstractEventLoop):
-        self._inner, self._server, self._loop = inner, server, loop
-        self._transport = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def __getattr__(self, name):
-        return getattr(self._inner, name)
-
-    def _check(self) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        wait = self._server.header_timeout_s
-        if self._server.idle(transport):
-            since = max(self._opened, self._server.last_done.get(transport, 0.0))
-            wait = since + self._server.header_timeout_s - self._loop.time()
-            if wait <= 0:
-                transport.close()
-                return
-        self._timer = self._loop.call_later(wait, self._check)
-
-    def connection_made(self, transport) -> None:
-        self._transport, self._opened = transport, self._loop.time()
-        self._inner.connection_made(transport)
-        self._timer = self._loop.call_later(self._server.header_timeout_s, self._check)
-
-    def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
-
-    def connection_lost(self, exc) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._server.last_done.pop(self._transport, None)
-        self._inner.connection_lost(exc)
-
-    def eof_received(self):
-        return self._inner.eof_received()
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
