@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import portpicker
 import pytest
 
+from agentic.core import GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
 from agentic.inference.http_server import SGLangServer, start_server
+from agentic.inference.sglang_client import SGLangClient
 
 KEY = "sk-test-31"
 GEN = {"max_new_tokens": 4, "temperature": 0}
@@ -95,6 +97,16 @@ def test_the_api_key_guards_every_route_but_health(fresh_core):
             assert status == 200 and strict_json(text)["output_ids"]
             async with http.get(url + "/get_server_info", headers={"Authorization": f"Bearer {KEY}"}) as r:
                 assert (await r.json())["paused"] is False  # the unauthenticated pause did nothing
+            request = GenerateRequest(prompt_ids=[5, 6], params=SamplingParams(max_new_tokens=2, temperature=0))
+            client = SGLangClient([url], api_key=KEY, require_weight_updates=False)
+            stranger = SGLangClient([url], api_key="", require_weight_updates=False)
+            try:
+                assert len((await client.generate_one(request)).token_ids) == 2  # SGLangClient sends the key
+                with pytest.raises(GeneratorError, match="HTTP 401"):
+                    await stranger.generate_one(request)
+            finally:
+                await client.close()
+                await stranger.close()
 
     asyncio.run(main())
 
