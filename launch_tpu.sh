@@ -316,6 +316,36 @@ fi
 # The token reaches EnvClients in their environment (read remotely: never printed here).
 token_env=
 ((!ENV_HOSTS)) || token_env="AGENTIC_ENV_TOKEN=\"\$(cat $REMOTE_TOKEN)\" "
+# >>> issue 31: the run's transport token and firewall (trust boundaries; see BUILD.md "Trust boundaries")
+# The learner's trajectory queue and weight stream listen on 0.0.0.0 when actors run on their own VMs:
+# they then need a token. A fresh one per run, made like the env token (mode 600 file, copied, read
+# remotely into $AGENTIC_TRANSPORT_TOKEN: never in config.json, argv, logs or this script's output).
+# A firewall admits the run's ports only from the run's own VMs (network tag agentic-NAME).
+if ((ACTOR_VMS)); then
+  TRANSPORT_TOKEN_FILE=${TMPDIR:-/tmp}/agentic-$NAME.transport-token
+  run bash -c "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > $(quote "$TRANSPORT_TOKEN_FILE")"
+  run gcloud compute tpus tpu-vm scp "$TRANSPORT_TOKEN_FILE" "$NAME:$REMOTE_DIR/transport_token" --worker=all "${GCLOUD_FLAGS[@]}"
+  for vm in "${ACTOR_VM_NAMES[@]}"; do
+    run gcloud compute scp "$TRANSPORT_TOKEN_FILE" "$vm:$REMOTE_DIR/transport_token" "${GCLOUD_FLAGS[@]}"
+  done
+  token_env="AGENTIC_TRANSPORT_TOKEN=\"\$(chmod 600 transport_token && cat transport_token)\" $token_env"
+fi
+if ((ENV_HOSTS || ACTOR_VMS)); then
+  RUN_TAG=agentic-$NAME
+  run gcloud compute tpus tpu-vm update "$NAME" "--add-tags=$RUN_TAG" "${GCLOUD_FLAGS[@]}"
+  for vm in "${ENV_VMS[@]}" "${ACTOR_VM_NAMES[@]}"; do
+    run gcloud compute instances add-tags "$vm" "--tags=$RUN_TAG" "${GCLOUD_FLAGS[@]}"
+  done
+  FW_FLAGS=(--network=default "--target-tags=$RUN_TAG" "--rules=tcp:$ENV_PORT,tcp:$QUEUE_PORT,tcp:$WEIGHTS_PORT")
+  [[ -z $PROJECT ]] || FW_FLAGS+=("--project=$PROJECT")
+  if ! exists gcloud compute firewall-rules describe "$RUN_TAG-allow" "${FW_FLAGS[@]:3}"; then
+    run gcloud compute firewall-rules create "$RUN_TAG-allow" "${FW_FLAGS[@]}" --action=ALLOW --priority=900 \
+      "--source-tags=$RUN_TAG"
+    run gcloud compute firewall-rules create "$RUN_TAG-deny" "${FW_FLAGS[@]}" --action=DENY --priority=1000 \
+      --source-ranges=0.0.0.0/0
+  fi
+fi
+# <<< issue 31
 role=(--role=all)
 if ((ACTOR_VMS)); then
   role=(--role=learner --config.remote.bind=0.0.0.0 "--config.queue.port=$QUEUE_PORT"

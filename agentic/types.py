@@ -67,12 +67,18 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # Ranges the engine's int32/float32 sampling arrays hold: a request past them fails here, alone,
+        # instead of raising in the engine thread (issue 31: top_k 2**40 closed the engine for good).
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if int(self.top_k) != self.top_k:
-            raise ValueError(f"top_k must be an integer, got {self.top_k}")
+        if int(self.top_k) != self.top_k or not -1 <= self.top_k < 2**31:
+            raise ValueError(f"top_k must be an integer in [-1, 2**31), got {self.top_k}")
+        if self.max_new_tokens >= 2**31:
+            raise ValueError(f"max_new_tokens must be < 2**31, got {self.max_new_tokens}")
+        if any(not 0 <= int(t) < 2**31 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, 2**31), got {self.stop_token_ids}")
         object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 

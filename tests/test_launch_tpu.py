@@ -223,3 +223,32 @@ def test_help(fake_gcloud):
     result = launch(fake_gcloud[0], "-h")
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: ./launch_tpu.sh") and "--dry-run" in result.stdout
+
+
+def test_actor_vms_get_a_transport_token_and_a_firewall_for_the_run(fake_gcloud, tmp_path):
+    """Issue 31: the queue and weight stream listen on 0.0.0.0 for actor VMs, so they get a per-run token
+    (a file read remotely into $AGENTIC_TRANSPORT_TOKEN, never printed) and ports open to the run's VMs only."""
+    env, log = fake_gcloud
+    flags = [f for f in FLAGS if not f.startswith("--sglang") and not f.startswith("http")]
+    result = launch(env, *flags, "--actor-vms", "1", "--", "--config.learner.lr=2e-6")
+    assert result.returncode == 0, result.stderr
+    ran = [json.loads(line) for line in log.read_text().splitlines()]
+    token = (tmp_path / "agentic-rl-test.transport-token").read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token) and token not in result.stdout + result.stderr + log.read_text()
+    assert (tmp_path / "agentic-rl-test.transport-token").stat().st_mode & 0o777 == 0o600
+    copies = [a for c in ran if "scp" in c and str(tmp_path / "agentic-rl-test.transport-token") in c for a in c
+              if a.endswith(":agentic/transport_token")]
+    assert copies == ["rl-test:agentic/transport_token", "rl-test-actor-0:agentic/transport_token"]
+    dry = printed_commands(launch(env, "--dry-run", *flags, "--actor-vms", "1").stdout)
+    starts = [c for c in dry if "ssh" in c and any("search_r1.py" in a for a in c)]
+    assert len(starts) == 2 and all(
+        any(a.startswith('--command=cd ~/agentic && AGENTIC_TRANSPORT_TOKEN="$(chmod 600 transport_token && cat '
+                         'transport_token)" ') for a in c) for c in starts)
+    rules = [c for c in ran if c[:3] == ["compute", "firewall-rules", "create"]]
+    assert [c[3] for c in rules] == ["agentic-rl-test-allow", "agentic-rl-test-deny"]
+    assert "--source-tags=agentic-rl-test" in rules[0] and "--source-ranges=0.0.0.0/0" in rules[1]
+    assert all("--target-tags=agentic-rl-test" in c and "--rules=tcp:50051,tcp:50060,tcp:50061" in c for c in rules)
+    tagged = [c[3] for c in ran if c[:3] == ["compute", "instances", "add-tags"]]
+    assert tagged == ["rl-test-env-1", "rl-test-env-2", "rl-test-actor-0"]
+    assert ["compute", "tpus", "tpu-vm", "update", "rl-test", "--add-tags=agentic-rl-test"] == \
+        next(c for c in ran if c[:4] == ["compute", "tpus", "tpu-vm", "update"])[:6]

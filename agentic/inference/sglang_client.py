@@ -126,12 +126,16 @@ class SGLangClient(Generator):
       require_weight_updates: fail at the first call if a server has no weight-update route.
       require_seeds: raise instead of warning when a seeded request goes to a server that
         ignores `sampling_seed` (SGLang without --enable-deterministic-inference).
+      api_key: sent as `Authorization: Bearer <api_key>` (servers started with --api-key);
+        default $SGLANG_API_KEY.
     """
 
     def __init__(self, urls: Sequence[str], *, timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
                  retry_down_s: float = 5.0, max_sessions: int = 100_000, overload_budget_s: float = 120.0,
                  backoff_s: float = 0.05, abort_retries: int = 2, pause_mode: str | None = "retract",
-                 require_weight_updates: bool = True, require_seeds: bool = False):
+                 require_weight_updates: bool = True, require_seeds: bool = False, api_key: str | None = None):
+        api_key = api_key if api_key is not None else os.environ.get("SGLANG_API_KEY")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -157,7 +161,7 @@ class SGLangClient(Generator):
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False))
+                timeout=self.timeout, headers=self._headers, connector=aiohttp.TCPConnector(limit=0, force_close=False))
         return self._session
 
     async def close(self) -> None:

@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 from agentic import models, sharding
 from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, losses, optimizer
+from agentic.learner import batching, guard, losses, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
 from agentic.learner.checkpoint import abstract_like as checkpoint_abstract
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
@@ -472,7 +472,8 @@ class Learner:
         t_start = time.perf_counter()
         version = self.version
         trajs, dropped = self._fresh(trajectories)
-        metrics: dict[str, float] = {"batch/dropped_stale": float(dropped)}
+        trajs, nonfinite = guard.drop_nonfinite(trajs)  # issue 31: NaN/inf rewards or log-probs: whole group out
+        metrics: dict[str, float] = {"batch/dropped_stale": float(dropped), "batch/dropped_nonfinite": float(nonfinite)}
         if not trajs:
             return Prepared(batches=[], lengths=[], metrics=metrics)
 
@@ -597,6 +598,7 @@ class Learner:
         checkpoint_every skips this step.
         """
         step = self.step if step is None else step
+        guard.check_finite(self._state["trainable"], f"checkpoint step {step}")  # issue 31: never save NaN weights
         cfg = {"learner": dataclasses.asdict(self.config), "model": dataclasses.asdict(self.model_config)}
         return self._checkpointer().save(step, self._state, data=data_state, config=cfg, force=force)
 

@@ -42,12 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agentic.learner import losses
+from agentic.learner import guard, losses
 from agentic.learner.policy import policy_outputs
 
 
 def micro_loss(cfg, model_config, trainable, mb):
     """Scalar loss of one micro-batch (already normalized for the whole batch) and metric sums."""
+    mb = guard.masked_inputs(mb)  # issue 31: a NaN off the model tokens must not reach the loss (NaN * 0)
     lp, ent, values = policy_outputs(model_config, trainable, mb, temperature=cfg.temperature,
                                      chunk_size=cfg.logprob_chunk_size)
     w, mw = mb["weights"], mb["mean_weights"]
@@ -111,11 +112,17 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
             _, m_shapes = jax.eval_shape(grad_fn, trainable, first)[0]  # which metrics this config has
             m0 = {k: jnp.zeros((), jnp.float32) for k in m_shapes}
             (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), batch)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
-        trainable = optax.apply_updates(trainable, updates)
         metrics["grad_norm"] = optax.global_norm(grads)
+
+        def apply():
+            updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
+            return optax.apply_updates(trainable, updates), opt_state, state["step"] + 1
+
+        # issue 31: a non-finite loss or gradient skips the step (state unchanged), counted in the metrics
+        (trainable, opt_state, step_count), metrics["skipped_nonfinite"] = guard.apply_if_finite(
+            metrics["loss"], metrics["grad_norm"], apply, lambda: (trainable, state["opt_state"], state["step"]))
         rng, _ = jax.random.split(jax.random.wrap_key_data(state["rng"]))
-        new_state = dict(state, trainable=trainable, opt_state=opt_state, step=state["step"] + 1,
+        new_state = dict(state, trainable=trainable, opt_state=opt_state, step=step_count,
                          rng=jax.random.key_data(rng))
         return new_state, metrics
 
