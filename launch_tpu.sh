@@ -358,6 +358,7 @@ if ((ACTOR_VMS)); then
   else
     IFS=';, ' read -ra TPU_IPS <<<"$("${describe_tpu[@]}")"
   fi
+  ((${#TPU_IPS[@]})) || die "found no IP address of TPU VM $NAME's workers (gcloud ... describe); cannot point actors at it"
   for ((i = 0; i < ACTOR_VMS; i++)); do
     learner=${TPU_IPS[i % ${#TPU_IPS[@]}]} # actor i feeds TPU worker i mod W (its local data)
     actor=(.venv/bin/python experiments/search_r1.py "--config=experiments/configs/search_r1.py:$VARIANT"

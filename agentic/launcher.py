@@ -412,7 +412,8 @@ def serve_queue(config, role, learner, stack):
     if config.queue.grpc or role == "learner":
         from agentic.transport.grpc_queue import GrpcTrajectoryQueue, TrajectoryQueueServer
 
-        server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port).start()
+        server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port,
+                                       vocab_size=learner.model_config.vocab_size).start()
         stack.callback(server.stop)
         print(f"trajectory queue at {server.address}", flush=True)
         if role == "all":  # this process's actor goes through the wire too
