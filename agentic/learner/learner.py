@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 from agentic import models, sharding
 from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, losses, optimizer
+from agentic.learner import batching, losses, mismatch, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
 from agentic.learner.train_step import make_score_fn, make_train_step
@@ -102,6 +102,10 @@ class LearnerConfig:
       checkpoint_dir: where orbax checkpoints go (None: no checkpointing).
       keep_checkpoints: how many to keep; checkpoint_every: save every k steps; async_checkpointing.
       distributed: call jax.distributed.initialize() (multi-host).
+      mismatch_correction: sequence-level correction of the sampler/learner mismatch:
+        "none", "icepop", "seq_mask", "geo_mask" or "seq_is" (see mismatch.py).
+      mismatch_low, mismatch_high: the kept range [low, high] of the ratio pi_learner /
+        pi_sampler (per token, per sequence or its geometric mean); high truncates seq_is.
     """
 
     algorithm: str = "grpo"
@@ -152,6 +156,9 @@ class LearnerConfig:
     checkpoint_every: int = 1
     async_checkpointing: bool = True
     distributed: bool = False
+    mismatch_correction: str = "none"
+    mismatch_low: float = 0.5
+    mismatch_high: float = 2.0
 
     def __post_init__(self):
         object.__setattr__(self, "seq_buckets", tuple(sorted(int(b) for b in self.seq_buckets)))
@@ -190,6 +197,9 @@ class LearnerConfig:
         check(self.compute_dtype in DTYPES and self.param_dtype in DTYPES,
               f"compute_dtype/param_dtype must be in {DTYPES}")
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        problem = mismatch.check_config(self.mismatch_correction, self.mismatch_low, self.mismatch_high,
+                                        self.off_policy)
+        check(problem is None, problem)
 
     @property
     def uses_values(self) -> bool:
@@ -485,7 +495,7 @@ class Learner:
 
         out = dict(prepared.metrics)
         for k in metrics[0]:
-            out[f"learner/{k}"] = float(np.mean([m[k] for m in metrics]))
+            out[f"learner/{k}"] = float((np.max if k.endswith("_max_abs") else np.mean)([m[k] for m in metrics]))
         out["learner/lr"] = float(optimizer.learning_rate_schedule(
             c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule, total_steps=c.total_steps,
             final_lr_ratio=c.final_lr_ratio)(self.step - 1))

@@ -30,6 +30,8 @@ Off-policy correction (`off_policy`):
   "decoupled"  the same with the weight untruncated (Hilton et al. 2021, decoupled PPO).
 When the proximal log-probs are not in the batch (one optimizer step per update: the
 params *are* the proximal params), they are stop_gradient(current log-probs).
+Sampler/learner mismatch metrics and the sequence-level corrections (`mismatch_correction`:
+IcePop, seq-mask, geometric mask, seq-IS) are in mismatch.py.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agentic.learner import losses
+from agentic.learner import losses, mismatch
 from agentic.learner.policy import policy_outputs
 
 
@@ -57,6 +59,13 @@ def micro_loss(cfg, model_config, trainable, mb):
     else:
         anchor = mb["proximal_logprobs"] if "proximal_logprobs" in mb else jax.lax.stop_gradient(lp)
         isw = losses.importance_weights(anchor, behavior, cfg.tis_cap if cfg.off_policy == "tis" else None)
+    # sampler/learner mismatch: measured on the pre-update log-probs, optionally corrected (mismatch.py)
+    learner_lp = mb["proximal_logprobs"] if "proximal_logprobs" in mb else jax.lax.stop_gradient(lp)
+    model_tok = (mw > 0).astype(jnp.float32)
+    mis_w, mis_masked = mismatch.correction_weights(
+        learner_lp, behavior, model_tok, mb["segment_ids"], mode=cfg.mismatch_correction, low=cfg.mismatch_low,
+        high=cfg.mismatch_high)
+    isw = mis_w if cfg.mismatch_correction == "seq_is" else isw * mis_w
     pg, clipped = losses.POLICY_LOSSES.get(cfg.policy_loss)(
         lp, anchor, mb["advantages"], clip_low=cfg.clip_eps_low, clip_high=cfg.clip_eps_high,
         dual_clip=cfg.dual_clip)
@@ -64,7 +73,10 @@ def micro_loss(cfg, model_config, trainable, mb):
     loss = pg_loss
     m = {"pg_loss": pg_loss, "entropy": losses.aggregate(ent, mw), "clip_frac": losses.aggregate(clipped, mw),
          "ratio": losses.aggregate(jnp.exp(lp - anchor), mw), "is_weight": losses.aggregate(isw, mw),
-         "approx_kl_behavior": losses.aggregate(losses.kl_penalty(behavior, lp, "k3"), mw)}
+         "approx_kl_behavior": losses.aggregate(losses.kl_penalty(behavior, lp, "k3"), mw),
+         "mismatch_kl": losses.aggregate(losses.kl_penalty(behavior, learner_lp, "k3"), mw),
+         "mismatch_masked_frac": losses.aggregate(mis_masked, mw),
+         "mismatch_max_abs": mismatch.max_abs_diff(learner_lp, behavior, model_tok)}
     if cfg.entropy_coef:
         loss = loss - cfg.entropy_coef * losses.aggregate(ent, w)
     if "ref_logprobs" in mb:
@@ -78,6 +90,11 @@ def micro_loss(cfg, model_config, trainable, mb):
                  value_mean=losses.aggregate(values, mw))
     m["loss"] = loss
     return loss, m
+
+
+def reduce_metric(name: str, acc, x):
+    """Combines a metric over micro-batches: the max for names ending in "_max_abs", else the sum."""
+    return jnp.maximum(acc, x) if name.endswith("_max_abs") else acc + x
 
 
 def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, state_shardings,
@@ -95,7 +112,7 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
         def accumulate(carry, mb):
             g_acc, m_acc = carry
             (_, m), g = grad_fn(trainable, mb)
-            return jax.tree.map(jnp.add, g_acc, g), {k: m_acc[k] + m[k] for k in m_acc}
+            return jax.tree.map(jnp.add, g_acc, g), {k: reduce_metric(k, m_acc[k], m[k]) for k in m_acc}
 
         def body(carry, mb):
             # A micro-batch of padding rows only (the packed shape is rounded up) adds nothing:
