@@ -31,11 +31,15 @@ weight of `off_policy`; r_t = pi_learner / pi_sampler per model token of a seque
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from agentic.learner import batching
+from agentic.learner.policy import policy_outputs
 
 MISMATCH_CORRECTIONS = ("none", "icepop", "seq_mask", "geo_mask", "seq_is")
 
@@ -102,6 +106,12 @@ def max_abs_diff(learner_logp, behavior_logp, mask):
 # ----------------------------------------------------------------------------- recomputation
 
 
+@functools.lru_cache(maxsize=8)
+def _score_fn(model_config, temperature: float, chunk_size: int):
+    return jax.jit(lambda p, mb: policy_outputs(model_config, {"policy": p}, mb, temperature=temperature,
+                                                chunk_size=chunk_size)[0])
+
+
 @dataclasses.dataclass(frozen=True)
 class MismatchReport:
     """The learner's recomputed log-probs of trajectories' model tokens against their behavior ones.
@@ -127,8 +137,6 @@ def recompute(model_config, params, trajectories: Sequence, *, temperature: floa
     Runs the learner's own code path: `batching.make_episodes` and `plan_packing`, then
     `policy.policy_outputs` under jit on each packed micro-batch, on one device.
     """
-    from agentic.learner import batching
-    from agentic.learner.policy import policy_outputs
 
     lengths = np.array([len(t) - 1 for t in trajectories])
     L = batching.seq_bucket(int(lengths.max()), seq_buckets)
@@ -136,8 +144,7 @@ def recompute(model_config, params, trajectories: Sequence, *, temperature: floa
     plan = batching.plan_packing(ep.lengths, seq_buckets=seq_buckets, micro_batch=micro_batch, pack=pack)
     batch = {"inputs": plan.pack(ep.inputs), "targets": plan.pack(ep.targets), "positions": plan.positions,
              "segment_ids": plan.segment_ids}
-    score = jax.jit(lambda p, mb: policy_outputs(model_config, {"policy": p}, mb, temperature=temperature,
-                                                 chunk_size=chunk_size)[0])
+    score = _score_fn(model_config, float(temperature), int(chunk_size))
     packed = np.stack([np.asarray(score(params, {k: v[i] for k, v in batch.items()})) for i in range(plan.num_micro)])
     lp = plan.unpack(packed, ep.mask.shape)
     mask = ep.mask > 0
