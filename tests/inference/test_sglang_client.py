@@ -78,6 +78,32 @@ def test_overload_backs_off_and_retries_within_a_budget():
     asyncio.run(main())
 
 
+def test_an_overloaded_server_is_avoided_while_another_is_calm():
+    """Two servers on loopback, the first answering 503 (queue full): of several requests in a row only
+    the first touches it; each is served by the calm one without waiting out a backoff."""
+    async def main():
+        full, full_runner, full_url = await start_standin(queue_full=10**6)
+        calm, calm_runner, calm_url = await start_standin()
+        client = SGLangClient([full_url, calm_url])
+        try:
+            t = time.monotonic()
+            for _ in range(6):
+                c = await client.generate_one(req())
+                assert c.finish_reason == "length"
+            assert full.calls.count("generate") == 1 and calm.calls.count("generate") == 6
+            assert client.stats["overloaded"] == 1 and time.monotonic() - t < client.overload_mark_s
+            # once its mark ends it is tried again (ties rotate: by one of the next two), then avoided again
+            client.servers[0].overloaded_until = 0.0
+            await client.generate([req(), req()])
+            assert full.calls.count("generate") == 2 and client.servers[0].overload_streak == 2
+        finally:
+            await client.close()
+            await full_runner.cleanup()
+            await calm_runner.cleanup()
+
+    asyncio.run(main())
+
+
 def test_aborted_turn_is_retried_then_raised_never_returned():
     async def main():
         async with standin({"abort_retries": 2}, abort_always=True) as (server, client):
