@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 from agentic import models, sharding
 from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, losses, mismatch, optimizer
+from agentic.learner import batching, lora, losses, mismatch, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
 from agentic.learner.train_step import make_score_fn, make_train_step
@@ -106,6 +106,10 @@ class LearnerConfig:
         "none", "icepop", "seq_mask", "geo_mask" or "seq_is" (see mismatch.py).
       mismatch_low, mismatch_high: the kept range [low, high] of the ratio pi_learner /
         pi_sampler (per token, per sequence or its geometric mean); high truncates seq_is.
+      lora_rank: LoRA adapters of this rank on `lora_targets` (0: full fine-tuning); only they
+        are trained and checkpointed, `params` is base + adapter merged (see lora.py).
+      lora_alpha: the adapters' scale is lora_alpha / lora_rank.
+      lora_targets: the adapted projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
     """
 
     algorithm: str = "grpo"
@@ -159,10 +163,14 @@ class LearnerConfig:
     mismatch_correction: str = "none"
     mismatch_low: float = 0.5
     mismatch_high: float = 2.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = lora.LORA_TARGETS
 
     def __post_init__(self):
         object.__setattr__(self, "seq_buckets", tuple(sorted(int(b) for b in self.seq_buckets)))
         object.__setattr__(self, "mesh_shape", tuple(int(s) for s in self.mesh_shape))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
         def check(ok, msg):
             if not ok:
@@ -200,10 +208,16 @@ class LearnerConfig:
         problem = mismatch.check_config(self.mismatch_correction, self.mismatch_low, self.mismatch_high,
                                         self.off_policy)
         check(problem is None, problem)
+        problem = lora.check_config(self.lora_rank, self.lora_alpha, self.lora_targets)
+        check(problem is None, problem)
 
     @property
     def uses_values(self) -> bool:
         return self.algorithm in adv_lib.NEEDS_VALUES
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 1.0
 
     def replace(self, **kw) -> LearnerConfig:
         return dataclasses.replace(self, **kw)
@@ -268,12 +282,15 @@ class Learner:
             params = params(policy_sh)
         params = jax.device_put(jax.tree.map(lambda p: jnp.asarray(p, pdt), params), policy_sh)
         trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
+        frozen, self._frozen_sh = None, None
+        if config.lora_rank:  # train adapters only; the base params are frozen (lora.py)
+            trainable, trainable_sh, frozen, self._frozen_sh = self._lora_split(params, policy_sh)
         if config.uses_values:
             vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
             trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
             trainable_sh["value"] = vsh
         # The frozen reference exists only when a KL term uses it: a copy of the initial policy.
-        self._ref = (jax.tree.map(lambda p: p.copy(), params) if config.kl_coef else None)
+        self._ref = (None if not config.kl_coef else params if frozen else jax.tree.map(lambda p: p.copy(), params))
         self._ref_sh = policy_sh if config.kl_coef else None
 
         self._opt = optimizer.make_optimizer(
@@ -293,6 +310,8 @@ class Learner:
             "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
             "rng": jax.device_put(jax.random.key_data(jax.random.key(config.seed)), rep),
         }
+        if frozen is not None:
+            self._state["frozen"] = frozen
         self._state_sh = jax.tree.map(lambda x: x.sharding, self._state)
         self._trainable_sh = trainable_sh
         self._rep = rep
@@ -303,12 +322,31 @@ class Learner:
                                    every=config.checkpoint_every, async_save=config.async_checkpointing)
                       if config.checkpoint_dir else None)
 
+    def _lora_split(self, params, policy_sh):
+        """(trainable, its shardings, frozen, its shardings) of a LoRA learner."""
+        c = self.config
+        adapters = lora.init_adapters(params, targets=c.lora_targets, rank=c.lora_rank,
+                                      key=jax.random.fold_in(jax.random.key(c.seed), 1))
+        ash = sharding.tree_shardings(adapters, lora.adapter_logical_axes(adapters), self.mesh)
+        return {"lora": jax.device_put(adapters, ash)}, {"lora": ash}, {"policy": params}, {"policy": policy_sh}
+
     # ------------------------------------------------------------------ public state
 
     @property
     def params(self):
-        """The policy params (sharded on the mesh)."""
+        """The policy params (sharded on the mesh); under LoRA, base + adapters merged."""
+        if "frozen" in self._state:
+            if not hasattr(self, "_merge"):
+                sh = self._frozen_sh["policy"]
+                self._merge = jax.jit(functools.partial(lora.merge, scale=self.config.lora_scale),
+                                      out_shardings=sh)
+            return self._merge(self._state["frozen"]["policy"], self._state["trainable"]["lora"])
         return self._state["trainable"]["policy"]
+
+    @property
+    def adapters(self):
+        """The LoRA adapters (None without LoRA)."""
+        return self._state["trainable"].get("lora")
 
     @property
     def state(self) -> dict:
@@ -341,7 +379,7 @@ class Learner:
         if keys not in self._score_fns:
             bsh = {k: self._batch_sh for k in keys}
             self._score_fns[keys] = make_score_fn(self.config, self.model_config, self._trainable_sh, self._ref_sh,
-                                                  bsh, self._batch_sh)
+                                                  bsh, self._batch_sh, self._frozen_sh)
         return self._score_fns[keys]
 
     @functools.cached_property
@@ -424,7 +462,8 @@ class Learner:
         scored: dict[str, np.ndarray] = {}
         if c.uses_values or c.kl_coef > 0 or need_prox:
             for rows, plan, b in zip(minis, plans, batches, strict=True):
-                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._ref, self._to_global(b))
+                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._ref, self._to_global(b),
+                                                       self._state.get("frozen"))
                 for k, v in res.items():
                     full = scored.setdefault(k, np.zeros((N, L), np.float32))
                     full[rows] = plan.unpack(self._to_local(v), (len(rows), L))
@@ -528,7 +567,8 @@ class Learner:
         """
         step = self.step if step is None else step
         cfg = {"learner": dataclasses.asdict(self.config), "model": dataclasses.asdict(self.model_config)}
-        return self._checkpointer().save(step, self._state, data=data_state, config=cfg, force=force)
+        saved = {k: v for k, v in self._state.items() if k != "frozen"}  # LoRA: the adapters, not the base
+        return self._checkpointer().save(step, saved, data=data_state, config=cfg, force=force)
 
     def restore(self, step: int | None = None) -> dict | None:
         """Loads the checkpoint at `step` (default latest) into this learner; returns its data state.
@@ -541,8 +581,9 @@ class Learner:
         ck = self._checkpointer()
         if step is None and ck.latest_step() is None:
             return None
-        state, data, _ = ck.restore(abstract_like(self._state), step)
-        self._state = state
+        frozen = self._state.get("frozen")
+        state, data, _ = ck.restore(abstract_like({k: v for k, v in self._state.items() if k != "frozen"}), step)
+        self._state = state if frozen is None else dict(state, frozen=frozen)
         return data
 
     def wait_for_checkpoint(self) -> None:

@@ -1,7 +1,9 @@
 """The jitted train step and the jitted scoring pass, with explicit shardings.
 
 Train state (a plain dict pytree, what checkpoints hold):
-  trainable  {"policy": model params, "value": value head (PPO only)}  float32 master weights
+  trainable  {"policy": model params, "value": value head (PPO only)}  float32 master weights;
+             under LoRA {"lora": adapters, "value"?} (lora.py)
+  frozen     (LoRA only) {"policy": base params}: not trained, not checkpointed
   opt_state  optax state of `trainable`
   step       int32 optimizer steps taken
   version    int32 policy version (completed `Learner.update` calls)
@@ -44,14 +46,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from agentic.learner import losses, mismatch
+from agentic.learner import lora, losses, mismatch
 from agentic.learner.policy import policy_outputs
 
 
-def micro_loss(cfg, model_config, trainable, mb):
-    """Scalar loss of one micro-batch (already normalized for the whole batch) and metric sums."""
-    lp, ent, values = policy_outputs(model_config, trainable, mb, temperature=cfg.temperature,
-                                     chunk_size=cfg.logprob_chunk_size)
+def micro_loss(cfg, model_config, trainable, mb, frozen=None):
+    """Scalar loss of one micro-batch (already normalized for the whole batch) and metric sums.
+
+    `frozen`: the state's frozen base params under LoRA (merged with trainable["lora"]), else None.
+    """
+    lp, ent, values = policy_outputs(model_config, lora.full_trainable(trainable, frozen, cfg.lora_scale), mb,
+                                     temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size)
     w, mw = mb["weights"], mb["mean_weights"]
     behavior = mb["behavior_logprobs"]
     if cfg.off_policy == "none":
@@ -107,11 +112,11 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
     grad_fn = jax.value_and_grad(functools.partial(micro_loss, cfg, model_config), has_aux=True)
 
     def step(state, batch):
-        trainable = state["trainable"]
+        trainable, frozen = state["trainable"], state.get("frozen")
 
         def accumulate(carry, mb):
             g_acc, m_acc = carry
-            (_, m), g = grad_fn(trainable, mb)
+            (_, m), g = grad_fn(trainable, mb, frozen)
             return jax.tree.map(jnp.add, g_acc, g), {k: reduce_metric(k, m_acc[k], m[k]) for k in m_acc}
 
         def body(carry, mb):
@@ -122,10 +127,10 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
 
         first = jax.tree.map(lambda x: x[0], batch)
         if jax.tree.leaves(batch)[0].shape[0] == 1:  # one micro-batch: no accumulator to zero and add to
-            (_, metrics), grads = grad_fn(trainable, first)
+            (_, metrics), grads = grad_fn(trainable, first, frozen)
         else:
             zeros = jax.tree.map(jnp.zeros_like, trainable)
-            _, m_shapes = jax.eval_shape(grad_fn, trainable, first)[0]  # which metrics this config has
+            _, m_shapes = jax.eval_shape(grad_fn, trainable, first, frozen)[0]  # which metrics this config has
             m0 = {k: jnp.zeros((), jnp.float32) for k in m_shapes}
             (grads, metrics), _ = jax.lax.scan(body, (zeros, m0), batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], trainable)
@@ -141,17 +146,20 @@ def make_train_step(cfg, model_config, optimizer: optax.GradientTransformation, 
                    compiler_options=compiler_options())
 
 
-def make_score_fn(cfg, model_config, trainable_shardings, ref_shardings, batch_shardings, out_sharding):
-    """Jitted (trainable, ref_params, batch) -> {"logprobs", "values"?, "ref_logprobs"?}, no gradients.
+def make_score_fn(cfg, model_config, trainable_shardings, ref_shardings, batch_shardings, out_sharding,
+                  frozen_shardings=None):
+    """Jitted (trainable, ref_params, batch, frozen) -> {"logprobs", "values"?, "ref_logprobs"?}, no gradients.
 
     Runs the params before the update over every micro-batch: proximal log-probs, the
     old values for GAE and value clipping, and the frozen reference's log-probs.
-    `ref_params` may be None (no reference).
+    `ref_params` may be None (no reference); `frozen` is the LoRA base (None without LoRA).
     """
 
-    def score(trainable, ref_params, batch):
+    def score(trainable, ref_params, batch, frozen=None):
+        full = lora.full_trainable(trainable, frozen, cfg.lora_scale)
+
         def one(mb):
-            lp, _, values = policy_outputs(model_config, trainable, mb, temperature=cfg.temperature,
+            lp, _, values = policy_outputs(model_config, full, mb, temperature=cfg.temperature,
                                            chunk_size=cfg.logprob_chunk_size)
             out = {"logprobs": lp}
             if values is not None:
@@ -164,7 +172,7 @@ def make_score_fn(cfg, model_config, trainable_shardings, ref_shardings, batch_s
 
         return jax.lax.map(one, batch)
 
-    return jax.jit(score, in_shardings=(trainable_shardings, ref_shardings, batch_shardings),
+    return jax.jit(score, in_shardings=(trainable_shardings, ref_shardings, batch_shardings, frozen_shardings),
                    out_shardings=out_sharding, compiler_options=compiler_options())
 
 
