@@ -129,3 +129,16 @@ def full_trainable(trainable: dict, frozen: dict | None, scale: float) -> dict:
 
 def num_params(tree: Any) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(tree))
+
+
+def export_merged(model_config, base_params: dict, adapters: dict, scale: float, out_dir: str, tokenizer=None) -> str:
+    """Writes base + adapters merged as a Hugging Face checkpoint (safetensors) to `out_dir`.
+
+    E.g. from a LoRA checkpoint: build the Learner from the base model, `restore()`, then
+    `export_merged(model_config, base, learner.adapters, config.lora_scale, dir)`; or just
+    `models.export_hf(model_config, learner.params, dir)` (`params` is already merged).
+    """
+    from agentic import models
+
+    merged = jax.device_get(jax.jit(merge, static_argnums=2)(base_params, adapters, scale))
+    return models.export_hf(model_config, merged, out_dir, tokenizer=tokenizer)
