@@ -375,6 +375,22 @@ class SGLangClient(Generator):
             s.warned_seeds = True
             log.warning(msg)
 
+    async def pause_generation(self, mode: str = "retract") -> dict[str, bool]:
+        """SGLang's `/pause_generation` on every server; True where it answered 200.
+
+        Modes (SGLang's `PauseGenerationReqInput.mode`): "abort" (running requests come back
+        aborted with their partial output), "retract" (they go back to the waiting queue and
+        their KV may be flushed: recomputed on continue), "in_place" (they stay in the running
+        batch with their KV cache; flush_cache fails meanwhile). Requests sent while paused wait.
+        """
+        if mode not in ("abort", "retract", "in_place"):
+            raise ValueError(f"pause mode must be 'abort', 'retract' or 'in_place', got {mode!r}")
+        return {u: r[0] == 200 for u, r in (await self._broadcast("/pause_generation", {"mode": mode})).items()}
+
+    async def continue_generation(self) -> dict[str, bool]:
+        """SGLang's `/continue_generation` on every server (resumes what a pause held); True where 200."""
+        return {u: r[0] == 200 for u, r in (await self._broadcast("/continue_generation", {})).items()}
+
     async def update_weights(self, model_path: str, version: int, *, flush_cache: bool = True) -> dict:
         """Every server loads new weights from `model_path` (SGLang's /update_weights_from_disk),
         between /pause_generation and /continue_generation (unless pause_mode is None).

@@ -419,7 +419,7 @@ class Learner:
         if lag_max is None:
             return list(trajectories), 0
         v = self.version
-        stale = {t.group_id for t in trajectories if v - t.policy_version > lag_max}
+        stale = {t.group_id for t in trajectories if v - t.oldest_version > lag_max}  # per token when known
         kept = [t for t in trajectories if t.group_id not in stale]
         return kept, len(trajectories) - len(kept)
 
@@ -514,6 +514,9 @@ class Learner:
             "batch/advantage_mean": float((advantages * ep.mask).sum() / max(model_tokens, 1)),
             "batch/advantage_abs_mean": float((np.abs(advantages) * ep.mask).sum() / max(model_tokens, 1)),
             "batch/lag_mean": float(lags.mean()), "batch/lag_max": float(lags.max()),
+            # model tokens sampled by an older policy than the learner's (per token: mid-episode swaps)
+            "batch/stale_token_frac": float(((ep.token_versions >= 0) & (ep.token_versions < version)).sum()
+                                            / max(model_tokens, 1)),
             "batch/seq_len": float(plans[0].seq_len), "batch/num_micro": float(plans[0].num_micro),
             "time/pack_s": t_pack - t_start, "time/score_s": t_score - t_pack, "time/advantages_s": t_adv - t_score,
         }

@@ -63,6 +63,23 @@ def test_weight_sync_pauses_then_continues():
     asyncio.run(main())
 
 
+def test_pause_and_continue_generation():
+    """The client's own pause / continue: a request sent while paused waits for the continue."""
+    async def main():
+        async with standin(step_s=0.01) as (server, client):
+            assert await client.pause_generation("in_place") == {client.servers[0].url: True}
+            waiting = asyncio.ensure_future(client.generate_one(req(max_new_tokens=4)))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            assert await client.continue_generation() == {client.servers[0].url: True}
+            c = await asyncio.wait_for(waiting, 5)
+            assert c.finish_reason == "length" and server.calls == ["pause:in_place", "generate", "continue"]
+            with pytest.raises(ValueError, match="pause mode"):
+                await client.pause_generation("later")
+
+    asyncio.run(main())
+
+
 def test_overload_backs_off_and_retries_within_a_budget():
     async def main():
         async with standin(queue_full=3) as (server, client):
