@@ -290,7 +290,9 @@ class Learner:
             trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
             trainable_sh["value"] = vsh
         # The frozen reference exists only when a KL term uses it: a copy of the initial policy.
-        self._ref = (None if not config.kl_coef else params if frozen else jax.tree.map(lambda p: p.copy(), params))
+        # (under LoRA the frozen base is the reference: `_reference` reads it from the state, which the
+        # train step donates, so no second copy and no stale handle)
+        self._ref = jax.tree.map(lambda p: p.copy(), params) if config.kl_coef and frozen is None else None
         self._ref_sh = policy_sh if config.kl_coef else None
 
         self._opt = optimizer.make_optimizer(
@@ -342,6 +344,12 @@ class Learner:
                                       out_shardings=sh)
             return self._merge(self._state["frozen"]["policy"], self._state["trainable"]["lora"])
         return self._state["trainable"]["policy"]
+
+    def _reference(self):
+        """The frozen KL reference's params (None without a KL term)."""
+        if self.config.kl_coef and "frozen" in self._state:
+            return self._state["frozen"]["policy"]
+        return self._ref
 
     @property
     def adapters(self):
@@ -462,7 +470,7 @@ class Learner:
         scored: dict[str, np.ndarray] = {}
         if c.uses_values or c.kl_coef > 0 or need_prox:
             for rows, plan, b in zip(minis, plans, batches, strict=True):
-                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._ref, self._to_global(b),
+                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._reference(), self._to_global(b),
                                                        self._state.get("frozen"))
                 for k, v in res.items():
                     full = scored.setdefault(k, np.zeros((N, L), np.float32))

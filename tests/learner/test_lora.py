@@ -87,3 +87,11 @@ def test_lora_config_errors():
         LearnerConfig(lora_rank=4, lora_targets=("qkv",))
     with pytest.raises(ValueError, match="lora_rank must be >= 0"):
         LearnerConfig(lora_rank=-1)
+
+
+def test_lora_kl_reference_is_the_base_across_updates(base):
+    """With a KL term the frozen base is the reference: no second copy, valid after the state is donated."""
+    learner = Learner(CFG.replace(kl_coef=0.1), TINY, base, mesh=make_mesh((1, 1, 1)))
+    kls = [learner.update(synthetic_trajectories(3, s, groups=2, group_size=4, vocab=TINY.vocab_size, max_len=40))
+           ["learner/kl"] for s in range(2)]
+    assert kls[0] == 0.0 and kls[1] > 0.0  # step 0 is the base itself; then the adapters move away from it
