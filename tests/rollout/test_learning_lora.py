@@ -7,6 +7,7 @@ their optimizer state only, not the base model.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 
@@ -20,7 +21,7 @@ from tests.rollout.test_learning import learning_config
 def saved_arrays(workdir: str, step: int) -> list[tuple[str, ...]]:
     """The array paths of a checkpoint's train state (orbax's tree metadata)."""
     meta = json.load(open(os.path.join(workdir, "checkpoints", str(step), "state", "_METADATA")))
-    return [tuple(eval(k)) for k in meta["tree_metadata"]]  # keys are tuple reprs of str path entries
+    return [tuple(ast.literal_eval(k)) for k in meta["tree_metadata"]]  # keys: tuple reprs of the path's names
 
 
 def test_lora_reward_rises_and_the_checkpoint_holds_only_adapters(tmp_path):
