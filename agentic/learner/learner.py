@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 from agentic import models, sharding
 from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, guard, losses, optimizer
+from agentic.learner import batching, guard, lora, losses, mismatch, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
 from agentic.learner.checkpoint import abstract_like as checkpoint_abstract
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
@@ -103,6 +103,14 @@ class LearnerConfig:
       checkpoint_dir: where orbax checkpoints go (None: no checkpointing).
       keep_checkpoints: how many to keep; checkpoint_every: save every k steps; async_checkpointing.
       distributed: call jax.distributed.initialize() (multi-host).
+      mismatch_correction: sequence-level correction of the sampler/learner mismatch:
+        "none", "icepop", "seq_mask", "geo_mask" or "seq_is" (see mismatch.py).
+      mismatch_low, mismatch_high: the kept range [low, high] of the ratio pi_learner /
+        pi_sampler (per token, per sequence or its geometric mean); high truncates seq_is.
+      lora_rank: LoRA adapters of this rank on `lora_targets` (0: full fine-tuning); only they
+        are trained and checkpointed, `params` is base + adapter merged (see lora.py).
+      lora_alpha: the adapters' scale is lora_alpha / lora_rank.
+      lora_targets: the adapted projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
     """
 
     algorithm: str = "grpo"
@@ -153,10 +161,17 @@ class LearnerConfig:
     checkpoint_every: int = 1
     async_checkpointing: bool = True
     distributed: bool = False
+    mismatch_correction: str = "none"
+    mismatch_low: float = 0.5
+    mismatch_high: float = 2.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = lora.LORA_TARGETS
 
     def __post_init__(self):
         object.__setattr__(self, "seq_buckets", tuple(sorted(int(b) for b in self.seq_buckets)))
         object.__setattr__(self, "mesh_shape", tuple(int(s) for s in self.mesh_shape))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
         def check(ok, msg):
             if not ok:
@@ -191,10 +206,19 @@ class LearnerConfig:
         check(self.compute_dtype in DTYPES and self.param_dtype in DTYPES,
               f"compute_dtype/param_dtype must be in {DTYPES}")
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        problem = mismatch.check_config(self.mismatch_correction, self.mismatch_low, self.mismatch_high,
+                                        self.off_policy)
+        check(problem is None, problem)
+        problem = lora.check_config(self.lora_rank, self.lora_alpha, self.lora_targets)
+        check(problem is None, problem)
 
     @property
     def uses_values(self) -> bool:
         return self.algorithm in adv_lib.NEEDS_VALUES
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 1.0
 
     def replace(self, **kw) -> LearnerConfig:
         return dataclasses.replace(self, **kw)
@@ -271,15 +295,18 @@ class Learner:
             weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             value_lr=config.value_lr if config.uses_values else None)
         rep = sharding.replicated(self.mesh)
+        self._frozen_sh = None
         if abstract:
             self._state, trainable_sh = self._abstract_state(policy_sh, pdt, rep)
         else:
             self._state, trainable_sh = self._initial_state(params, policy_sh, pdt, rep)
         # The frozen reference exists only when a KL term uses it: a copy of the initial policy, held in
-        # the compute dtype (the forward pass casts to it anyway: bf16 compute halves its memory).
+        # the compute dtype (the forward pass casts to it anyway: bf16 compute halves its memory). Under
+        # LoRA the frozen base is the reference: `_reference` reads it from the state (which the train
+        # step donates), so no second copy and no stale handle.
         ref_dtype = jnp.dtype(config.compute_dtype) if jnp.dtype(config.compute_dtype).itemsize < pdt.itemsize else pdt
         self._ref = (jax.tree.map(lambda p: _as_dtype(p, ref_dtype), self._state["trainable"]["policy"])
-                     if config.kl_coef else None)
+                     if config.kl_coef and "frozen" not in self._state else None)
         self._ref_sh = policy_sh if config.kl_coef else None
         self._state_sh = jax.tree.map(lambda x: x.sharding, self._state)
         self._trainable_sh = trainable_sh
@@ -301,6 +328,9 @@ class Learner:
         params = jax.device_put(jax.tree.map(lambda p: p if getattr(p, "dtype", None) == pdt else jnp.asarray(p, pdt),
                                              params), policy_sh)
         trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
+        frozen = None
+        if config.lora_rank:  # train adapters only; the base params are frozen (lora.py)
+            trainable, trainable_sh, frozen, self._frozen_sh = self._lora_split(params, policy_sh)
         if config.uses_values:
             vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
             trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
@@ -316,6 +346,8 @@ class Learner:
             "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
             "rng": jax.device_put(jax.random.key_data(jax.random.key(self.config.seed)), rep),
         }
+        if frozen is not None:
+            state["frozen"] = frozen
         return state, trainable_sh
 
     def _abstract_state(self, policy_sh, pdt, rep) -> tuple[dict, dict]:
@@ -328,6 +360,13 @@ class Learner:
 
         shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, pdt), models.param_shapes(self.model_config))
         trainable, trainable_sh = {"policy": sds(shapes, policy_sh)}, {"policy": policy_sh}
+        frozen = None
+        if config.lora_rank:
+            adapters = jax.eval_shape(lambda p: lora.init_adapters(p, targets=config.lora_targets, rank=config.lora_rank,
+                                                                   key=jax.random.key(0)), trainable["policy"])
+            ash = sharding.tree_shardings(adapters, lora.adapter_logical_axes(adapters), self.mesh)
+            frozen, self._frozen_sh = trainable, trainable_sh
+            trainable, trainable_sh = {"lora": sds(adapters, ash)}, {"lora": ash}
         if config.uses_values:
             value = jax.eval_shape(lambda: init_value_head(self.model_config))
             vsh = sharding.tree_shardings(value, value_head_logical_axes(), self.mesh)
@@ -338,6 +377,8 @@ class Learner:
         scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
         state = {"trainable": trainable, "opt_state": sds(opt_shapes, opt_sh), "step": scalar, "version": scalar,
                  "rng": jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)}
+        if frozen is not None:
+            state["frozen"] = frozen
         return state, trainable_sh
 
     def lower_programs(self, *, seq_len: int | None = None, num_micro: int = 1) -> dict[str, Any]:
@@ -368,16 +409,45 @@ class Learner:
         out = {"learner_update": self._train_step(keys).lower(state, batch(keys))}
         if c.uses_values or c.kl_coef > 0 or need_prox:
             score_keys = tuple(sorted(base))
-            ref = None if self._ref is None else checkpoint_abstract(self._ref)
-            out["learner_score"] = self._score_fn(score_keys).lower(state["trainable"], ref, batch(score_keys))
+            ref = self._reference()
+            ref = None if ref is None else checkpoint_abstract(ref)
+            out["learner_score"] = self._score_fn(score_keys).lower(state["trainable"], ref, batch(score_keys),
+                                                                    state.get("frozen"))
         return out
+
+    def _lora_split(self, params, policy_sh):
+        """(trainable, its shardings, frozen, its shardings) of a LoRA learner."""
+        c = self.config
+        adapters = lora.init_adapters(params, targets=c.lora_targets, rank=c.lora_rank,
+                                      key=jax.random.fold_in(jax.random.key(c.seed), 1))
+        ash = sharding.tree_shardings(adapters, lora.adapter_logical_axes(adapters), self.mesh)
+        return {"lora": jax.device_put(adapters, ash)}, {"lora": ash}, {"policy": params}, {"policy": policy_sh}
 
     # ------------------------------------------------------------------ public state
 
     @property
     def params(self):
-        """The policy params (sharded on the mesh)."""
+        """The policy params (sharded on the mesh); under LoRA, base + adapters merged."""
+        if "frozen" in self._state:
+            if self.abstract:  # shapes and shardings of the merged params: the base's
+                return self._state["frozen"]["policy"]
+            if not hasattr(self, "_merge"):
+                sh = self._frozen_sh["policy"]
+                self._merge = jax.jit(functools.partial(lora.merge, scale=self.config.lora_scale),
+                                      out_shardings=sh)
+            return self._merge(self._state["frozen"]["policy"], self._state["trainable"]["lora"])
         return self._state["trainable"]["policy"]
+
+    def _reference(self):
+        """The frozen KL reference's params (None without a KL term)."""
+        if self.config.kl_coef and "frozen" in self._state:
+            return self._state["frozen"]["policy"]
+        return self._ref
+
+    @property
+    def adapters(self):
+        """The LoRA adapters (None without LoRA)."""
+        return self._state["trainable"].get("lora")
 
     @property
     def state(self) -> dict:
@@ -410,7 +480,7 @@ class Learner:
         if keys not in self._score_fns:
             bsh = {k: self._batch_sh for k in keys}
             self._score_fns[keys] = make_score_fn(self.config, self.model_config, self._trainable_sh, self._ref_sh,
-                                                  bsh, self._batch_sh)
+                                                  bsh, self._batch_sh, self._frozen_sh)
         return self._score_fns[keys]
 
     @functools.cached_property
@@ -450,7 +520,7 @@ class Learner:
         if lag_max is None:
             return list(trajectories), 0
         v = self.version
-        stale = {t.group_id for t in trajectories if v - t.policy_version > lag_max}
+        stale = {t.group_id for t in trajectories if v - t.oldest_version > lag_max}  # per token when known
         kept = [t for t in trajectories if t.group_id not in stale]
         return kept, len(trajectories) - len(kept)
 
@@ -494,7 +564,8 @@ class Learner:
         scored: dict[str, np.ndarray] = {}
         if c.uses_values or c.kl_coef > 0 or need_prox:
             for rows, plan, b in zip(minis, plans, batches, strict=True):
-                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._ref, self._to_global(b))
+                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._reference(), self._to_global(b),
+                                                       self._state.get("frozen"))
                 for k, v in res.items():
                     full = scored.setdefault(k, np.zeros((N, L), np.float32))
                     full[rows] = plan.unpack(self._to_local(v), (len(rows), L))
@@ -546,6 +617,9 @@ class Learner:
             "batch/advantage_mean": float((advantages * ep.mask).sum() / max(model_tokens, 1)),
             "batch/advantage_abs_mean": float((np.abs(advantages) * ep.mask).sum() / max(model_tokens, 1)),
             "batch/lag_mean": float(lags.mean()), "batch/lag_max": float(lags.max()),
+            # model tokens sampled by an older policy than the learner's (per token: mid-episode swaps)
+            "batch/stale_token_frac": float(((ep.token_versions >= 0) & (ep.token_versions < version)).sum()
+                                            / max(model_tokens, 1)),
             "batch/seq_len": float(plans[0].seq_len), "batch/num_micro": float(plans[0].num_micro),
             "time/pack_s": t_pack - t_start, "time/score_s": t_score - t_pack, "time/advantages_s": t_adv - t_score,
         }
@@ -566,7 +640,7 @@ class Learner:
 
         out = dict(prepared.metrics)
         for k in metrics[0]:
-            out[f"learner/{k}"] = float(np.mean([m[k] for m in metrics]))
+            out[f"learner/{k}"] = float((np.max if k.endswith("_max_abs") else np.mean)([m[k] for m in metrics]))
         out["learner/lr"] = float(optimizer.learning_rate_schedule(
             c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule, total_steps=c.total_steps,
             final_lr_ratio=c.final_lr_ratio)(self.step - 1))
@@ -600,7 +674,8 @@ class Learner:
         step = self.step if step is None else step
         guard.check_finite(self._state["trainable"], f"checkpoint step {step}")  # issue 31: never save NaN weights
         cfg = {"learner": dataclasses.asdict(self.config), "model": dataclasses.asdict(self.model_config)}
-        return self._checkpointer().save(step, self._state, data=data_state, config=cfg, force=force)
+        saved = {k: v for k, v in self._state.items() if k != "frozen"}  # LoRA: the adapters, not the base
+        return self._checkpointer().save(step, saved, data=data_state, config=cfg, force=force)
 
     def restore(self, step: int | None = None) -> dict | None:
         """Loads the checkpoint at `step` (default latest) into this learner; returns its data state.
@@ -613,8 +688,9 @@ class Learner:
         ck = self._checkpointer()
         if step is None and ck.latest_step() is None:
             return None
-        state, data, _ = ck.restore(abstract_like(self._state), step)
-        self._state = state
+        frozen = self._state.get("frozen")
+        state, data, _ = ck.restore(abstract_like({k: v for k, v in self._state.items() if k != "frozen"}), step)
+        self._state = state if frozen is None else dict(state, frozen=frozen)
         return data
 
     def wait_for_checkpoint(self) -> None:
