@@ -92,6 +92,7 @@ class Program:
     compile_s: float = 0.0
     error: str = ""
     resident_args: float = 0.0    # of `argument`: buffers the chip holds anyway (state, weights, cache)
+    model_flops: float = 0.0      # the model's FLOPs per call per chip (6N / 2N per token + attention)
 
     @property
     def extra(self) -> float:
@@ -136,17 +137,30 @@ class Report:
     def ok(self) -> bool:
         return not self.failures
 
+    def markdown(self) -> str:
+        """The per-program and per-chip rows of BUILD.md's table (GiB per chip)."""
+        gib = lambda b: f"{b / GiB:.2f}"  # noqa: E731
+        rows = []
+        for p in self.programs:
+            status = f"FAILED: {p.error[:80]}" if p.error else f"{gib(p.argument)} / {gib(p.temp)}"
+            rows.append(f"| {self.variant} | {self.topology} | {p.name} | {p.chips} | {status} | "
+                        f"{p.model_flops / 1e12:.2f} |")
+        for role, c in self.chips.items():
+            rows.append(f"| {self.variant} | {self.topology} | **{role} chip peak** (x{c['count']}, at {c['program']}) | "
+                        f"{role} | **{gib(c['peak'])}** of {gib(self.hbm)} ({c['peak'] / self.hbm:.0%}) | |")
+        return "\n".join(rows)
+
     def table(self) -> str:
         gib = lambda b: f"{b / GiB:7.2f}"  # noqa: E731
         rows = [f"{self.variant} on {self.topology}: {self.layout['summary']}",
                 f"  {'program':<22} {'chips':<8} {'args':>7} {'out':>7} {'alias':>7} {'temp':>7} "
-                f"{'GFLOP/chip':>11} {'compile':>8}  (GiB per chip)"]
+                f"{'TFLOP/call':>11} {'compile':>8}  (GiB per chip; model TFLOP per call per chip)"]
         for p in self.programs:
             if p.error:
                 rows.append(f"  {p.name:<22} {p.chips:<8} FAILED: {p.error[:200]}")
                 continue
             rows.append(f"  {p.name:<22} {p.chips:<8} {gib(p.argument)} {gib(p.output)} {gib(p.alias)} {gib(p.temp)} "
-                        f"{p.flops / 1e9:11.1f} {p.compile_s:7.1f}s")
+                        f"{p.model_flops / 1e12:11.2f} {p.compile_s:7.1f}s")
         for role, c in self.chips.items():
             frac = c["peak"] / self.hbm
             rows.append(f"  chip {role:<12} x{c['count']:<3} resident {gib(c['resident'])}  peak {gib(c['peak'])} GiB "
@@ -216,6 +230,29 @@ def _programs(config, lay, which: str = "all") -> dict[str, tuple[str, Any, floa
     return out
 
 
+def _model_flops(config, lay, name: str) -> float:
+    """The model's FLOPs of one call of program `name`, per chip, at the shapes it was lowered for (XLA's
+    own cost analysis counts a loop's body once: the layers' and micro-batches' scans)."""
+    from agentic import launcher
+    from agentic.learner.policy import matmul_params, train_flops
+
+    learner, core = lay["learner"], lay["core"]
+    mc = learner.model_config
+    n_learner = len(lay["learner_devs"])
+    rows = launcher.max_micro_batches(config) * learner.config.micro_batch_size
+    T = learner.config.seq_buckets[-1]
+    if name == "learner_update":
+        return train_flops(mc, np.full(rows, T)) / n_learner
+    if name == "learner_score":  # forward only (a third), the policy and the reference
+        return train_flops(mc, np.full(rows, T)) / 3 * (2 if learner._reference() is not None else 1) / n_learner
+    per_engine_chip = len(lay["engine_devs"][0])
+    if name == "engine_decode":
+        return 2.0 * matmul_params(core.config) * core.decode_row_buckets[-1] / per_engine_chip
+    if name == "engine_prefill":
+        return 2.0 * matmul_params(core.config) * core.row_buckets[-1] * core.len_buckets[-1] / per_engine_chip
+    return 0.0
+
+
 def _compile_in_child(config, topology: str, name: str, chips: str, resident: float) -> Program:
     """Compiles one program in a fresh process: libtpu's compiler aborts the process on some internal
     checks, which must fail that program, not the whole check."""
@@ -280,6 +317,8 @@ def check(config, topology: str, *, variant: str = "", budget: float = 0.85, pro
             f"({p.compile_s:.0f}s)")
         progs.append(p)
     progs.append(Program(name="engine_weight_swap", chips="engine", temp=engine_params_b))  # new beside the old
+    for p in progs:
+        p.model_flops = _model_flops(config, lay, p.name)
 
     failures = [f"program {p.name} ({p.chips} chips) did not compile: {p.error[:300]}" for p in progs if p.error]
 

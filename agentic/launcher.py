@@ -457,6 +457,30 @@ def step_row(groups, trajs, m, learner, actor, queue, batches, clocks, lag, wait
     return row
 
 
+def over_budget(config, start: float, clocks: StageClocks, stats: dict, n_eval: int, step: int) -> bool:
+    """Whether RL stops now for `config.time_budget_s` (the whole run's): when the final eval (timed like
+    the last full eval, or the last quick eval scaled to the full set) and one more step would not fit.
+    Process 0's decision, taken by every process."""
+    reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, n_eval)
+    if sharding.agree(config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s):
+        print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
+              f"{reserve:.0f}s for one more step and the final eval", flush=True)
+        return True
+    return False
+
+
+def run_summary(step, start_step, start, times, clocks, actor, compile_clock, batches, interrupted) -> dict:
+    """The run's summary numbers: steps, where the time went, idle fractions, groups' fates."""
+    train_start, first_step_done, train_end = times
+    train_s = train_end - train_start
+    return dict(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
+                steady_s=(train_end - first_step_done) if first_step_done is not None else 0.0,
+                steady_steps=max(step - start_step - 1, 0),
+                learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
+                actor_idle_frac=(1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0)) if actor else 0.0,
+                compile_s=compile_clock.seconds, interrupted=interrupted, **batches.stats())
+
+
 # ----------------------------------------------------------------------------- train
 
 
@@ -564,12 +588,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         clocks = StageClocks(actor, compile_clock)
         train_start, first_step_done = time.monotonic(), None
         while step < config.total_steps and not stopping.set:
-            # The budget covers the whole run: stop RL while the final eval (timed like the last full
-            # eval, or the last quick eval scaled to the full set) and one more step still fit.
-            reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, len(eval_tasks))
-            if sharding.agree(config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s):
-                print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
-                      f"{reserve:.0f}s for one more step and the final eval", flush=True)
+            if over_budget(config, start, clocks, stats, len(eval_tasks), step):
                 break
             clocks.start_step()
             groups = batches.next(lambda: stopping.set)
@@ -605,13 +624,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         # ---- eval at the end, and the run's summary
         if eval_tasks and not stopping.set:
             stats["eval_end"] = run_eval(step, eval_tasks, "eval")
-        train_s = train_end - train_start
-        stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
-                     steady_s=(train_end - first_step_done) if first_step_done is not None else 0.0,
-                     steady_steps=max(step - start_step - 1, 0),
-                     learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
-                     actor_idle_frac=(1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0)) if actor else 0.0,
-                     compile_s=compile_clock.seconds, interrupted=stopping.set, **batches.stats())
+        stats.update(run_summary(step, start_step, start, (train_start, first_step_done, train_end), clocks, actor,
+                                 compile_clock, batches, stopping.set))
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
                      quiet=True)
     return stats

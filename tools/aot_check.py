@@ -25,6 +25,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _TOPOLOGY = flags.DEFINE_string("topology", "", "TPU topology, e.g. v5p:2x2x4 (default: the config's tpu.topology)")
 _BUDGET = flags.DEFINE_float("budget", 0.85, "largest allowed fraction of a chip's HBM at any program's peak")
 _PROGRAMS = flags.DEFINE_enum("programs", "all", ["all", "learner", "engine"], "which programs to compile")
+_MARKDOWN = flags.DEFINE_bool("markdown", False, "also print BUILD.md's table rows")
 _ONLY = flags.DEFINE_list("only", [], "compile just these programs (e.g. learner_update,engine_decode)")
 
 
@@ -41,6 +42,8 @@ def main(argv):
     report = aot.check(config, topology, variant=variant, budget=_BUDGET.value, programs=_PROGRAMS.value,
                        only=_ONLY.value)
     print(report.table(), flush=True)
+    if _MARKDOWN.value:
+        print(report.markdown(), flush=True)
     sys.exit(0 if report.ok else 1)
 
 
