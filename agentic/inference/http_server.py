@@ -9,7 +9,8 @@ Endpoints (SGLang's names and shapes, see `agentic.inference.sglang_api`):
   GET|POST /flush_cache
   GET      /health, /health_generate, /get_model_info (/model_info), /get_server_info
            (/server_info), /get_weight_version
-  OpenAI:  POST /v1/completions, /v1/chat/completions; GET /v1/models (`openai_api.py`)
+  OpenAI:  POST /v1/completions; GET /v1/models (`openai_api.py`); POST /v1/chat/completions
+           with tools, token streaming and n, and session mode /sessions/{key}/... (`openai_chat.py`)
 
 Malformed requests get HTTP 400 naming the field; the server keeps serving.
 
@@ -111,9 +112,12 @@ class SGLangServer:
         r.add_route("POST", "/continue_generation", self.continue_generation)
         r.add_route("POST", "/abort_request", self.abort_request)
         from agentic.inference.openai_api import OpenAIRoutes
+        from agentic.inference.openai_chat import ChatRoutes
 
         self.openai = OpenAIRoutes(self)
         self.openai.register(r)
+        self.chat = ChatRoutes(self.openai)  # /v1/chat/completions and the harness session routes
+        self.chat.register(r)
 
     @property
     def tokenizer(self):
