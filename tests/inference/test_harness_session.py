@@ -95,7 +95,7 @@ def test_an_openai_client_agent_becomes_a_trajectory(smollm2):
     assert streamed.startswith(seen["streamed"])
 
     cfg = models.get_config("tiny").replace(vocab_size=config.vocab_size)
-    learner = Learner(LearnerConfig(lr=1e-2, micro_batch_size=2, seq_buckets=(1024,), mesh_shape=(1, 1, 1)), cfg)
+    learner = Learner(LearnerConfig(lr=1e-2, micro_batch_size=2, seq_buckets=(512,), mesh_shape=(1, 1, 1)), cfg)
     before = jax.tree.map(np.asarray, learner.params)
     metrics = learner.update([traj, other])
     assert learner.version == 1 and np.isfinite(metrics["learner/loss"])
