@@ -1,7 +1,7 @@
 """Kill storm: many concurrent episodes against one env host while its workers are SIGKILLed.
 
     .venv/bin/python bench/env_kill_storm.py                                # 16,000 episodes, game + echo
-    .venv/bin/python bench/env_kill_storm.py --episodes 2000 --kill-every-s 0.5   # quicker
+    .venv/bin/python bench/env_kill_storm.py --episodes 2000 --kill-every-s 0.1   # quicker
 
 Every episode is open -> step until done -> close, all `--episodes` of them at once (per env), split
 between the envs. `game` (Wordle, replaying the scripted player's games) is declared deterministic, so the
@@ -101,8 +101,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--envs", default="game,echo")
     p.add_argument("--episodes", type=int, default=16_000, help="concurrent episodes, split between the envs")
-    p.add_argument("--workers", type=int, default=2, help="worker processes per env kind")
-    p.add_argument("--kill-every-s", type=float, default=2.0)
+    p.add_argument("--workers", type=int, default=4, help="worker processes per env kind")
+    p.add_argument("--kill-every-s", type=float, default=0.25)
     p.add_argument("--limit-s", type=float, default=900.0)
     a = p.parse_args()
     envs = [e for e in a.envs.split(",") if e]

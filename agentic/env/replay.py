@@ -5,15 +5,16 @@ An env kind declares `EnvSpec(deterministic=True)` when its `reset` and `step` g
 the same task, env kwargs and actions. For such a session the host keeps a `SessionLog`: the task, the
 env kwargs, every action it applied and a digest of every reply (observation, reward, done, truncated).
 When the session's worker dies (SIGKILL, OOM, crash, a memory recycle) the session is not failed; at
-its next op (at once, for an op that was in flight) the host opens it again on a live worker and
-applies the logged actions one by one, each checked against its digest, then goes on with the op.
+its next op (at once, for an op that was in flight) the host sends a live worker one "replay" op
+(`agentic.env.worker`: reset with the task, then the logged actions, answering each reply's digest),
+checks the digests against the log, then goes on with the op.
 
 What ends a session anyway, with a typed error (SESSION_LOST naming why):
 - a replayed reply that differs from the logged one (the env was not deterministic after all);
 - the env raising during the replay, or the replay's reset failing;
 - `MAX_DEATHS_PER_OP` deaths of its worker while the same op was in flight on it (an action that
   kills every worker it runs on is not replayed forever; deaths during a replay do not count).
-Each replayed op has the kind's step deadline, as a normal op does.
+The replay op has the kind's step deadline, as a normal op does.
 """
 
 from __future__ import annotations
@@ -60,23 +61,21 @@ class ReplayFailed(Exception):
 
 
 async def replay(log: SessionLog, sid: str, call) -> None:
-    """Rebuilds session `sid` through `call(msg) -> reply` (one live worker's call with the deadline).
+    """Rebuilds session `sid` through `call(msg) -> reply` (one live worker's call with the deadline): one
+    "replay" op, which resets the env with the task and applies the logged actions in the worker.
 
     Raises:
       ReplayFailed: a reply differs from the log, or the env failed.
       WorkerDied / WorkerTimeout: from `call` (the caller decides).
     """
-    reply = await call(log.open_msg(sid))
+    reply = await call({"op": "replay", "sid": sid, "task": log.task, "kwargs": log.kwargs, "actions": log.actions})
     if "err" in reply:
-        raise ReplayFailed(f"its replayed reset failed: {reply['err'].get('message', '')}")
-    if reply_digest(reply) != log.reset_digest:
-        raise ReplayFailed("its replayed reset answered differently (the env is not deterministic)")
-    for i, (action, digest) in enumerate(zip(log.actions, log.digests, strict=True)):
-        reply = await call({"op": "step", "sid": sid, "action": action})
-        if "err" in reply:
-            raise ReplayFailed(f"replayed step {i + 1} failed: {reply['err'].get('message', '')}")
-        if reply_digest(reply) != digest:
-            raise ReplayFailed(f"replayed step {i + 1} of {len(log.actions)} answered differently (the env is "
-                               "not deterministic)")
+        raise ReplayFailed(f"its replay failed: {reply['err'].get('message', '')}")
+    got = reply["ok"]["digests"]
+    want = [log.reset_digest, *log.digests]
+    if got != want:
+        at = next(i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b) if got[:1] else 0
+        where = "its reset" if at == 0 else f"replayed step {at} of {len(log.actions)}"
+        raise ReplayFailed(f"{where} answered differently (the env is not deterministic)")
     log.needs_replay = False
     log.replays += 1
