@@ -112,8 +112,8 @@ def test_kill_storm_at_ci_scale(host):
         async def storm():
             rng = random.Random(0)
             kills = 0
-            while not done.is_set():  # one SIGKILL every 0.6 s, alternating between the two kinds
-                await asyncio.sleep(0.6)
+            while not done.is_set():  # one SIGKILL every 0.8 s, alternating between the two kinds
+                await asyncio.sleep(0.8)
                 pids = worker_pids(host.address, ("replayable", "unreplayable")[kills % 2])
                 if pids:
                     os.kill(rng.choice(pids), signal.SIGKILL)
@@ -130,6 +130,6 @@ def test_kill_storm_at_ci_scale(host):
     outcome, kills, elapsed = run(host.address, body)
     print(f"kill storm: {kills} SIGKILLs in {elapsed:.1f}s; {outcome}", flush=True)
     completed, failed, errors = outcome["replayable"][:3]
-    assert kills >= 4 and completed == episodes and failed == 0, outcome
+    assert kills >= 3 and completed == episodes and failed == 0, outcome
     done_u, failed_u, errors_u = outcome["unreplayable"][:3]
     assert done_u + failed_u == episodes and set(errors_u) <= {"SessionLost"}, outcome
