@@ -204,3 +204,17 @@ def test_openenv_in_process_and_a_remote_server(host, openenv_server):
     assert all("told to raise" in e for e in errors), errors
     assert after[2]["return"] == 2.0 and wrong.reward == 0.0 and wrong.info["env_info"] == {"right": False}
     assert "openenv_remote" in dead and ("Connect" in dead or "refused" in dead.lower())
+
+
+@pytest.mark.parametrize("kind", ["reasoning_gym", "gem", "gymnasium", "textarena", "openenv"])
+def test_adapters_pass_the_conformance_suite(kind):
+    """Garbage actions get observations, episodes end on their own, metrics are numbers
+    (`agentic.env.conformance`, on each kind's example task)."""
+    import importlib
+
+    from agentic.env.conformance import check_env
+    from agentic.env.registry import get_spec
+
+    for adapter in ADAPTERS:
+        importlib.import_module(f"envs.ecosystem.{adapter}")
+    assert asyncio.run(check_env(get_spec(kind))) == []
