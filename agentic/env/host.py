@@ -9,7 +9,9 @@ its own asyncio loop; a session is pinned to one worker. What the host promises:
 
 - A worker that dies (crash, OOM kill, SIGKILL) fails exactly its own sessions
   with SESSION_LOST naming the cause (signal / exit code / last stderr line);
-  the worker is restarted and the other workers' sessions never notice.
+  the worker is restarted and the other workers' sessions never notice. Sessions of
+  an env kind declared deterministic (`EnvSpec.deterministic`) are not failed: their
+  logged actions are replayed onto a live worker and the episode goes on (`replay.py`).
 - A step (or reset) slower than its kind's `step_deadline_s` returns
   DEADLINE_EXCEEDED within the deadline; the step is cancelled in the worker, and
   if the worker does not answer a ping within `--recycle-grace-s` (its event loop
@@ -82,6 +84,7 @@ from agentic.env.proto import env_service_pb2 as pb  # noqa: E402
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc  # noqa: E402
 from agentic.env.reflection import enable_server_reflection  # noqa: E402
 from agentic.env.registry import get_spec  # noqa: E402
+from agentic.env.replay import MAX_DEATHS_PER_OP, ReplayFailed, SessionLog, replay, reply_digest  # noqa: E402
 from agentic.env.wire import run_event_loop  # noqa: E402
 from agentic.env.workers import EnvKind, WorkerDied, WorkerProcess, WorkerTimeout, worker_rss_mb  # noqa: E402
 from agentic.process import tune_gc  # noqa: E402
@@ -100,6 +103,7 @@ class _Session:
     worker: WorkerProcess
     last_active: float
     busy: bool = False
+    log: SessionLog | None = None  # deterministic kinds: what a replay onto a fresh worker needs
 
 
 class EnvHost(pb_grpc.EnvServiceServicer):
@@ -195,10 +199,38 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         raise SessionNotFound("unknown session id (never opened on this host)", session_id=sid)
 
     def worker_died(self, worker: WorkerProcess, cause: str) -> None:
-        lost = [self.sessions[sid] for sid in worker.sessions if sid in self.sessions]
+        held = [self.sessions[sid] for sid in worker.sessions if sid in self.sessions]
+        lost = [s for s in held if s.log is None]
         for session in lost:
             self._drop(session, cause)
-        print(f"[env host] {cause}; {len(lost)} session(s) lost", file=sys.stderr)
+        for session in held:
+            if session.log is not None:  # replayed at its next op (at once for one in flight)
+                session.log.needs_replay = True
+                worker.sessions.discard(session.sid)
+        kept = f", {len(held) - len(lost)} to replay" if len(held) > len(lost) else ""
+        print(f"[env host] {cause}; {len(lost)} session(s) lost{kept}", file=sys.stderr)
+
+    async def _replay(self, session: _Session) -> None:
+        """Moves a deterministic session whose worker died to a live worker and replays its log there."""
+        log, kind = session.log, session.kind
+        try:
+            worker = await kind.pick_worker()
+        except EnvError as e:
+            self._drop(session, f"its worker died and no live worker could take its replay: {e.message}")
+            raise SessionLost(f"its worker died and no live worker could take its replay: {e.message}",
+                              session_id=session.sid) from None
+        session.worker = worker
+        worker.sessions.add(session.sid)
+        if not log.reset_digest:  # it died during the open: the open itself is sent again
+            log.needs_replay = False
+            return
+        try:
+            await replay(log, session.sid, lambda msg: worker.call(msg, kind.deadline_s))
+        except ReplayFailed as e:
+            self._drop(session, f"its worker died and the replay failed: {e}")
+            worker.call({"op": "close", "sid": session.sid}, 30).add_done_callback(_ignore)
+            raise SessionLost(f"its worker died and the replay failed: {e}", session_id=session.sid) from None
+        kind.replayed += 1
 
     def _deadline_passed(self, session: _Session, what: str) -> EnvDeadlineExceeded:
         kind, worker = session.kind, session.worker
@@ -261,7 +293,8 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             kind.open_sessions -= 1
             raise
         sid = f"{self.host_id}-{next(self._sids)}"
-        session = _Session(sid, kind, worker, time.monotonic())
+        session = _Session(sid, kind, worker, time.monotonic(),
+                           log=SessionLog(task, kwargs) if kind.spec.deterministic else None)
         self.sessions[sid] = session
         worker.sessions.add(sid)
         reply = await self._session_call(session, {"op": "open", "sid": sid, "task": task, "kwargs": kwargs},
@@ -269,6 +302,8 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         if "err" in reply:
             self._drop(session, "its reset failed")
             raise error_from_kind(reply["err"]["kind"], reply["err"]["message"], session_id=sid)
+        if session.log is not None:
+            session.log.reset_digest = reply_digest(reply)
         ok = reply["ok"]
         return pb.OpenResponse(session_id=sid, observation=ok["observation"], info_json=ok["info"],
                                observation_truncated=ok["cut"], host_id=self.host_id)
@@ -278,12 +313,29 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         deadline and a dead worker become the session's EnvError."""
         session.busy = True
         self.inflight += 1
+        log = session.log
         try:
-            return await session.worker.call(msg, session.kind.deadline_s)
+            while True:
+                sent = False
+                try:
+                    if log is not None and log.needs_replay:
+                        await self._replay(session)
+                    sent = True
+                    reply = await session.worker.call(dict(msg), session.kind.deadline_s)
+                    if log is not None:
+                        log.deaths_this_op = 0
+                    return reply
+                except WorkerDied as e:
+                    if log is None or session.sid not in self.sessions:
+                        raise SessionLost(str(e), session_id=session.sid) from None
+                    log.deaths_this_op += sent  # a death mid-replay does not count against this op
+                    log.needs_replay = True
+                    if log.deaths_this_op >= MAX_DEATHS_PER_OP:
+                        reason = f"{e}; its worker died {log.deaths_this_op} times during this {what}, not replayed again"
+                        self._drop(session, reason)
+                        raise SessionLost(reason, session_id=session.sid) from None
         except WorkerTimeout:
             raise self._deadline_passed(session, what) from None
-        except WorkerDied as e:
-            raise SessionLost(str(e), session_id=session.sid) from None
         finally:
             self.inflight -= 1
             session.busy = False
@@ -312,6 +364,8 @@ class EnvHost(pb_grpc.EnvServiceServicer):
             if not isinstance(err, InvalidAction):
                 self._drop(session, f"its env failed: {err.message}")
             raise err
+        if session.log is not None:
+            session.log.applied(text, reply)
         ok = reply["ok"]
         return pb.StepResponse(observation=ok["observation"], reward=ok["reward"], done=ok["done"],
                                truncated=ok["truncated"], info_json=ok["info"], observation_truncated=ok["cut"])
@@ -322,6 +376,12 @@ class EnvHost(pb_grpc.EnvServiceServicer):
         if session is None:
             reason = self.tombstones.get(sid, _CLOSED)
             return pb.CloseResponse(lost="" if reason == _CLOSED else f"session had ended: {reason}")
+        if session.log is not None and session.log.needs_replay:  # rebuilt first, for its metrics
+            try:
+                await self._replay(session)
+            except (EnvError, WorkerDied, WorkerTimeout) as e:
+                self._drop(session, _CLOSED)
+                return pb.CloseResponse(lost=f"its worker died and it could not be replayed for its metrics: {e}")
         self._drop(session, _CLOSED)
         self.inflight += 1
         try:

@@ -35,6 +35,10 @@ class EnvSpec:
             built first) that the conformance suite (`agentic.env.conformance`) plays; every
             registered env needs one.
         example_kwargs: env kwargs for that conformance episode (JSON object).
+        deterministic: `reset` and `step` give the same observations, rewards and ends for the same
+            task, env kwargs and actions (any randomness seeded from the task). The env host then
+            replays a session's recorded actions onto a fresh worker when its worker dies, and the
+            episode goes on; for other envs a worker's death fails its sessions with SESSION_LOST.
     """
 
     name: str
@@ -45,6 +49,7 @@ class EnvSpec:
     description: str = ""
     example_task: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
     example_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    deterministic: bool = False
 
     def __post_init__(self):
         if not self.name or not self.name.replace("_", "").replace("-", "").isalnum():

@@ -26,6 +26,7 @@ from agentic.core import Env, Observation, Step
 from agentic.env.errors import EnvError, clip
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.registry import get_spec
+from agentic.env.replay import reply_digest
 from agentic.env.wire import FrameWriter, read_frame, run_event_loop
 from agentic.process import die_with_parent, tune_gc
 
@@ -74,7 +75,7 @@ class Worker:
             env = self.envs.pop(msg["sid"], None)
             if env is not None:
                 asyncio.ensure_future(self._close_quietly(env))
-        elif op in ("open", "step", "close"):
+        elif op in ("open", "step", "close", "replay"):
             task = asyncio.ensure_future(getattr(self, "_" + op)(msg))
             if op != "close":
                 self.running[msg["sid"]] = (task, msg["id"])
@@ -102,20 +103,35 @@ class Worker:
         extra = {"observation_truncated": {"original_bytes": original, "kept_bytes": len(text.encode())}} if cut else {}
         return text, cut, extra
 
+    def _build(self, msg: dict[str, Any]) -> Env:
+        try:
+            return self.spec.factory(**msg.get("kwargs", {}))
+        except Exception as e:
+            raise _Invalid(f"env {self.spec.name!r} rejected its env_kwargs: {type(e).__name__}: "
+                           f"{clip(str(e))}") from None
+
+    async def _reset_reply(self, env: Env, task: dict[str, Any]) -> dict[str, Any]:
+        obs = await env.reset(task)
+        if not isinstance(obs, Observation):
+            raise TypeError(f"{type(env).__name__}.reset returned {type(obs).__name__}, expected Observation")
+        text, cut, extra = self._observation(obs.text)
+        info = {**obs.info, **extra} if extra else obs.info
+        return {"observation": text, "info": _json_or_error(info, "Observation.info"), "cut": cut}
+
+    async def _step_reply(self, env: Env, action: str) -> dict[str, Any]:
+        step = await env.step(action)
+        if not isinstance(step, Step):
+            raise TypeError(f"{type(env).__name__}.step returned {type(step).__name__}, expected Step")
+        text, cut, extra = self._observation(step.observation)
+        info = {**step.info, **extra} if extra else step.info
+        return {"observation": text, "reward": float(step.reward), "done": bool(step.done),
+                "truncated": bool(step.truncated), "info": _json_or_error(info, "Step.info"), "cut": cut}
+
     async def _open(self, msg: dict[str, Any]) -> None:
         sid, env = msg["sid"], None
         try:
-            try:
-                env = self.spec.factory(**msg.get("kwargs", {}))
-            except Exception as e:
-                raise _Invalid(f"env {self.spec.name!r} rejected its env_kwargs: {type(e).__name__}: "
-                               f"{clip(str(e))}") from None
-            obs = await env.reset(msg.get("task", {}))
-            if not isinstance(obs, Observation):
-                raise TypeError(f"{type(env).__name__}.reset returned {type(obs).__name__}, expected Observation")
-            text, cut, extra = self._observation(obs.text)
-            info = {**obs.info, **extra} if extra else obs.info
-            reply = {"observation": text, "info": _json_or_error(info, "Observation.info"), "cut": cut}
+            env = self._build(msg)
+            reply = await self._reset_reply(env, msg.get("task", {}))
         except asyncio.CancelledError:
             if env is not None:
                 await self._close_quietly(env)
@@ -136,13 +152,7 @@ class Worker:
                                                        "message": "the worker has no such session"}})
             return
         try:
-            step = await env.step(msg["action"])
-            if not isinstance(step, Step):
-                raise TypeError(f"{type(env).__name__}.step returned {type(step).__name__}, expected Step")
-            text, cut, extra = self._observation(step.observation)
-            info = {**step.info, **extra} if extra else step.info
-            reply = {"observation": text, "reward": float(step.reward), "done": bool(step.done),
-                     "truncated": bool(step.truncated), "info": _json_or_error(info, "Step.info"), "cut": cut}
+            reply = await self._step_reply(env, msg["action"])
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -151,6 +161,27 @@ class Worker:
             self._fail(msg["id"], e, "step")
             return
         self.writer.send({"id": msg["id"], "ok": reply})
+
+    async def _replay(self, msg: dict[str, Any]) -> None:
+        """Rebuilds a session of a deterministic env in one op (the host's `replay.py`): reset with the
+        task, then the logged actions; answers the digest of every reply, or the error and where."""
+        sid, env, digests = msg["sid"], None, []
+        try:
+            env = self._build(msg)
+            digests.append(reply_digest({"ok": await self._reset_reply(env, msg.get("task", {}))}))
+            for action in msg.get("actions", ()):
+                digests.append(reply_digest({"ok": await self._step_reply(env, action)}))
+        except asyncio.CancelledError:
+            if env is not None:
+                await self._close_quietly(env)
+            raise
+        except Exception as e:
+            if env is not None:
+                await self._close_quietly(env)
+            self._fail(msg["id"], e, f"replay (after {max(0, len(digests) - 1)} of its steps)")
+            return
+        self.envs[sid] = env
+        self.writer.send({"id": msg["id"], "ok": {"digests": digests}})
 
     async def _close(self, msg: dict[str, Any]) -> None:
         env = self.envs.pop(msg["sid"], None)

@@ -208,6 +208,7 @@ class EnvKind:
         self.workers = [WorkerProcess(self, i) for i in range(config.per_kind(config.workers, spec.name, 1))]
         self.open_sessions = 0
         self.restarts = 0
+        self.replayed = 0  # sessions of a deterministic kind moved to a fresh worker (host._replay)
         self.restarted = asyncio.Event()
         self.last_death = ""
         self._quick_deaths: collections.Counter[int] = collections.Counter()

@@ -9,7 +9,8 @@ Endpoints (SGLang's names and shapes, see `agentic.inference.sglang_api`):
   GET|POST /flush_cache
   GET      /health, /health_generate, /get_model_info (/model_info), /get_server_info
            (/server_info), /get_weight_version
-  OpenAI:  POST /v1/completions, /v1/chat/completions; GET /v1/models (`openai_api.py`)
+  OpenAI:  POST /v1/completions; GET /v1/models (`openai_api.py`); POST /v1/chat/completions
+           with tools, token streaming and n, and session mode /sessions/{key}/... (`openai_chat.py`)
 
 Malformed requests get HTTP 400 naming the field; the server keeps serving.
 
@@ -52,6 +53,7 @@ from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingPa
 from agentic.inference.engine import JaxEngine
 from agentic.inference.http_guard import DeadlineSite, HttpGuard, json_dumps
 from agentic.inference.openai_api import OpenAIRoutes
+from agentic.inference.openai_chat import ChatRoutes
 from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 
@@ -132,6 +134,8 @@ class SGLangServer:
         r.add_route("POST", "/abort_request", self.abort_request)
         self.openai = OpenAIRoutes(self)
         self.openai.register(r)
+        self.chat = ChatRoutes(self.openai)  # /v1/chat/completions and the harness session routes
+        self.chat.register(r)
 
     @property
     def tokenizer(self):

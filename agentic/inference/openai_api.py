@@ -2,16 +2,15 @@
 
     POST /v1/completions       {"model", "prompt": str | [token ids], "max_tokens", "temperature", "top_p",
                                 "stop", "seed", "logprobs": 0, "n": 1}
-    POST /v1/chat/completions  {"model", "messages": [{"role", "content"}], "max_tokens" |
-                                "max_completion_tokens", "temperature", "top_p", "stop", "seed",
-                                "logprobs": bool, "top_logprobs": 0, "n": 1}
     GET  /v1/models
+    POST /v1/chat/completions  in `openai_chat.py`: tools (function calling), streaming, n > 1, and
+                               session mode (`/sessions/{key}/v1/...`, `harness_session.py`)
 
 Shapes follow SGLang's OpenAI serving (`entrypoints/openai/protocol.py`: CompletionResponse,
 ChatCompletionResponse, ChoiceLogprobs, UsageInfo, ModelCard, ErrorResponse; `serving_chat.py`
 renders `messages` with the tokenizer's chat template and adds the generation prompt).
 SGLang's extras `top_k`, `stop_token_ids`, `ignore_eos`, `no_stop_trim`, `skip_special_tokens`
-are accepted too. Not implemented (HTTP 400 naming the field): `stream`, `n` > 1, tools,
+are accepted too. Not implemented here (HTTP 400 naming the field): `stream`, `n` > 1,
 top-k alternatives (`top_logprobs` / `logprobs` > 0), penalties, `logit_bias`, non-text
 `response_format`. Errors use the OpenAI routes' top-level ErrorResponse shape.
 """
@@ -124,7 +123,6 @@ class OpenAIRoutes:
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_route("POST", "/v1/completions", self.completions)
-        router.add_route("POST", "/v1/chat/completions", self.chat_completions)
         router.add_route("GET", "/v1/models", self.models)
 
     @property
@@ -194,56 +192,6 @@ class OpenAIRoutes:
             "id": uuid.uuid4().hex, "object": "text_completion", "created": int(time.time()), "model": self.model,
             "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason,
                          "matched_stop": c.matched}],
-            "usage": _usage(c)})
-
-    async def chat_completions(self, request: web.Request) -> web.Response:
-        """SGLang's OpenAIServingChat: messages through the chat template, one choice."""
-        try:
-            body = await self._body(request)
-            messages = body.get("messages")
-            if not isinstance(messages, list) or not messages:
-                raise ApiError("messages", "must be a non-empty list of {role, content}")
-            msgs = []
-            for i, m in enumerate(messages):
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                    raise ApiError(f"messages[{i}]", "must be an object with a string role")
-                content = m.get("content")
-                if isinstance(content, list):  # [{"type": "text", "text": ...}]
-                    if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                        raise ApiError(f"messages[{i}].content", "only text parts are supported")
-                    content = "".join(str(p.get("text", "")) for p in content)
-                if not isinstance(content, str):
-                    raise ApiError(f"messages[{i}].content", "must be a string or a list of text parts")
-                msgs.append({"role": m["role"], "content": content})
-            tok = self.server.tokenizer
-            if tok is None or not hasattr(tok, "apply_chat_template"):
-                raise ApiError("messages", "this model's tokenizer has no chat template; use /v1/completions")
-            try:
-                rendered = tok.apply_chat_template(msgs, add_generation_prompt=True)
-            except ValueError as e:  # no template
-                raise ApiError("messages", str(e)) from e
-            ids = list(tok.encode(rendered, add_special_tokens=False))  # the template places BOS itself
-            want_lp = body.get("logprobs", False)
-            if not isinstance(want_lp, bool):
-                raise ApiError("logprobs", "must be a boolean")
-            if body.get("top_logprobs") not in (None, 0):
-                raise ApiError("top_logprobs", "only 0 is supported (no top-k alternatives)")
-            max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-            c = await self._complete(ids, body, max_tokens)
-        except ApiError as e:
-            return _err(e)
-        except GeneratorError as e:
-            return _err(ApiError("engine", str(e)), 500)
-        logprobs = None
-        if want_lp:
-            logprobs = {"content": [
-                {"token": (p := self._piece(t)), "bytes": list(p.encode("utf-8")), "logprob": lp, "top_logprobs": []}
-                for t, lp in zip(c.token_ids, c.logprobs, strict=True)]}
-        return web.json_response({
-            "id": uuid.uuid4().hex, "object": "chat.completion", "created": int(time.time()), "model": self.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": self._text(c, body),
-                                                 "reasoning_content": None, "tool_calls": None},
-                         "logprobs": logprobs, "finish_reason": c.finish_reason, "matched_stop": c.matched}],
             "usage": _usage(c)})
 
     async def models(self, request: web.Request) -> web.Response:

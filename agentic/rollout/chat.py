@@ -57,7 +57,7 @@ from typing import Any
 import jinja2
 
 from agentic.core import Observation, Step
-from agentic.rollout.episode import TextCodec
+from agentic.rollout.transcript import TextCodec
 
 _PROBE = "chat-template-probe"
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool", "description": "a probe",
@@ -187,7 +187,7 @@ class ChatConversation:
 
 
 class ChatTranscript:
-    """Chat mode's `agentic.rollout.episode.Transcript`: the contract above."""
+    """Chat mode's `agentic.rollout.transcript.Transcript`: the contract above."""
 
     def __init__(self, tokenizer: TextCodec):
         self.tokenizer, self.template = tokenizer, ChatTemplate.of(tokenizer)

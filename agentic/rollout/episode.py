@@ -10,7 +10,8 @@ log-probs). Nothing is re-tokenized after the fact.
 
 This is the continuation mode: the env's observations are appended as raw text, inside
 the model's turn (Search-R1's protocol). `EpisodeConfig(mode="chat")` runs the episode as a
-chat in the model's own template instead (`agentic/rollout/chat.py`).
+chat in the model's own template instead (`agentic/rollout/chat.py`). Imports run one way:
+`transcript.py` (the protocol) <- `chat.py` <- this module.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from agentic.core import (
     Task,
     Trajectory,
 )
+from agentic.rollout.chat import ChatTranscript
+from agentic.rollout.transcript import TextCodec, Transcript  # noqa: F401  (TextCodec: re-exported)
 
 
 class EnvSession(Protocol):
@@ -41,16 +44,6 @@ class EnvSession(Protocol):
     async def step(self, action: str) -> Step: ...
     async def close(self) -> dict[str, float] | None:
         """Ends the episode; may return its metrics (remote sessions do)."""
-
-
-class TextCodec(Protocol):
-    """The tokenizer surface the episode uses (see `agentic.models` tokenizers)."""
-
-    eos_token_id: int
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]: ...
-    def decode(self, ids, skip_special_tokens: bool = False) -> str: ...
-    def apply_chat_template(self, messages, add_generation_prompt: bool = True, **kwargs) -> str: ...
 
 
 class _NoClock:
@@ -238,25 +231,6 @@ async def sample_turn(generator: Generator, record: EpisodeRecord, config: Episo
     return completion
 
 
-class Transcript(Protocol):
-    """How an episode's text becomes tokens, per mode: continuation (`ContinuationTranscript`,
-    below) or chat (`agentic.rollout.chat.ChatTranscript`). The loop in `run_episode` is the same."""
-
-    stop_token_ids: tuple[int, ...]  # tokens that end a model turn
-
-    def start(self, obs: Observation) -> list[int]:
-        """The prompt's ids (loss mask 0)."""
-
-    def keep(self, ids: list[int], kept: int) -> int:
-        """How many of a turn's sampled `ids` to keep, given `kept` the turn cut keeps."""
-
-    def follow(self, kept_ids: list[int], step: Step, turn: int) -> list[int]:
-        """The ids after the model's kept tokens and before its next turn (loss mask 0)."""
-
-    def metrics(self, tokens: list[int]) -> dict[str, float]:
-        """Extra metrics of the finished episode."""
-
-
 class ContinuationTranscript:
     """Continuation mode: the first observation as the prompt (as a user message in the chat
     template with `use_chat_template`), later observations appended as raw text inside the
@@ -315,8 +289,6 @@ async def run_episode(
     `Transcript` turns text into tokens (`config.mode == "chat"`: `agentic.rollout.chat`).
     """
     if config.mode == "chat":
-        from agentic.rollout.chat import ChatTranscript  # chat.py builds on this module
-
         transcript: Transcript = ChatTranscript(tokenizer)
     else:
         transcript = ContinuationTranscript(tokenizer, config)

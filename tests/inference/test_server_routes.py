@@ -142,7 +142,7 @@ def test_openai_routes_with_the_official_client(fresh_core, reference, tiny):
                 assert [t.logprob for t in ch.logprobs.content] == [
                     float(x) for x in [*await _lp(urls[0], chat_ids, j + 1)]]
 
-                for kw, param in (({"n": 2}, "n"), ({"stream": True}, "stream"), ({"top_logprobs": 2}, "top_logprobs"),
+                for kw, param in (({"n": 99}, "n"), ({"tool_choice": "required"}, "tool_choice"), ({"top_logprobs": 2}, "top_logprobs"),
                                   ({"max_tokens": 500}, "max_tokens")):
                     try:
                         await client.chat.completions.create(model="tiny", messages=messages, **kw)
