@@ -106,8 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     # See envs/search/env.py SearchR1Config for every knob (retrieval_url, index_dir, obs_tokenizer...).
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"         # "synthetic" | path to FlashRAG/Search-R1 jsonl/parquet
-    c.data.eval_source = ""
+    c.data.source = "synthetic"         # "synthetic" | FlashRAG/Search-R1 jsonl/parquet (local, gs://, ...)
+    c.data.eval_source = ""             # held-out file; its tasks are interleaved across data_source
     c.data.world_passages = 20000
     c.data.world_seed = 0
     c.data.hops = (1, 2)
@@ -173,10 +173,15 @@ def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
     c = base_config()
     c.model.name = model
     c.distributed = True
-    c.data.source = "data/nq_hotpotqa_train.parquet"
-    c.data.eval_source = "data/search_r1_test.parquet"
+    # Search-R1's files as scripts/nq_hotpotqa/data_process.sh writes them (PeterJinGo/nq_hotpotqa_train
+    # on the HF hub): train = NQ + HotpotQA, test = Table 2's 7 sets. Any path: local, gs://, ...
+    c.data.source = "data/nq_hotpotqa_train/train.parquet"
+    c.data.eval_source = "data/nq_hotpotqa_train/test.parquet"
     c.env.kwargs.retriever = "http"
-    c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"  # e5 over wiki-18, Search-R1's server
+    # e5-base-v2 over wiki-18 (tools/start_retrieval_vm.sh; or Search-R1's own retrieval_server.py)
+    c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"
+    # data.max_obs_length=500 counts tokens of the policy's tokenizer (Search-R1 cuts the observation's ids)
+    c.env.kwargs.obs_tokenizer = model
     c.generator.num_slots = 256
     c.learner.mesh_shape = (1, -1, 1)
     # ppo_mini_batch_size=256 of train_batch_size=512: two optimizer steps per update. verl warms the
