@@ -108,6 +108,12 @@ def read_token(token_file: str | None) -> str | None:
 
 def build_retriever(args: argparse.Namespace):
     """The retriever the command line asks for (Search-R1 files, our index directory, or the world)."""
+    if args.index and args.retriever == "dense":  # our index directory; --corpus: where its corpus is here
+        from envs.search.corpus_store import MmapCorpus
+        from envs.search.retrieval import DenseRetriever
+
+        return DenseRetriever.load(args.index, corpus=MmapCorpus(args.corpus) if args.corpus else None,
+                                   encoder_dir=args.encoder, mmap=not args.no_mmap)
     if args.faiss or args.corpus:
         if not (args.faiss and args.corpus and args.encoder):
             raise SystemExit("--faiss, --corpus and --encoder go together (Search-R1's prebuilt files)")
@@ -132,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--index", default=None, help="index directory (default: the cached synthetic world)")
     p.add_argument("--retriever", default="bm25", choices=["bm25", "dense"])
     p.add_argument("--faiss", default=None, help="a faiss index file (Search-R1's e5_Flat.index), with --corpus")
-    p.add_argument("--corpus", default=None, help="JSONL corpus whose line i is the index's row i (wiki-18.jsonl)")
+    p.add_argument("--corpus", default=None, help="JSONL corpus whose line i is the index's row i (wiki-18.jsonl); "
+                   "with --index: the dense index's corpus, where it is on this machine")
     p.add_argument("--encoder", default=None, help="encoder directory (overrides a dense index's)")
     p.add_argument("--encoder-family", default=None, choices=["e5", "bge", "contriever", "plain"],
                    help="query prefix and pooling of the encoder (e5: 'query: ', mean), as Search-R1's "
