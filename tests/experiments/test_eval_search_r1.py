@@ -111,3 +111,20 @@ def test_table_has_the_papers_layout():
                                                           "Bamboogle", "Avg."]
     assert "General QA" in text.splitlines()[0] and "Multi-Hop QA" in text.splitlines()[0]
     assert row.split("|")[-1].strip() == "0.300"  # the mean of 0.0 ... 0.6
+
+
+from tests.envs.search.conftest import memory_url  # noqa: E402, F401 (a fixture: memory:// as gs://)
+
+
+def test_checkpoints_and_report_at_a_bucket_url(memory_url):  # noqa: F811
+    """A gs://-style workdir: the latest finished checkpoint is found and the report written there."""
+    from etils import epath
+
+    sys.path.insert(0, ROOT)
+    from experiments.eval_search_r1 import latest_step
+
+    workdir = memory_url + "/runs/r1"
+    assert latest_step(workdir) is None
+    for name in ("1", "3", "4.orbax-checkpoint-tmp-1234"):  # an unfinished save is not a checkpoint
+        (epath.Path(workdir) / "checkpoints" / name).mkdir(parents=True)
+    assert latest_step(workdir) == 3
