@@ -120,6 +120,7 @@ def test_search_r1_files_from_a_url_through_grain(memory_url):
                        f)
     config = search_r1.get_config("qwen2_5_3b_tpu")
     assert config.data.source.endswith("/train.parquet") and config.data.eval_source.endswith("/test.parquet")
+    assert config.env.kwargs.obs_tokenizer == config.model.name  # max_obs_length counts the policy's tokens
     config.data.source, config.data.eval_source = str(base / "train.parquet"), str(base / "test.parquet")
     ex = experiment(config)
     assert len(ex.train_tasks) == 10 and len(ex.eval_tasks) == len(test_rows)
