@@ -117,24 +117,27 @@ def build_faiss(out_dir: str, faiss_type: str, *, num_docs: int, shard_size: int
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(shards)} embedding shards not encoded yet, e.g. "
                                 f"{missing[0]}: run encode_shards on every worker first")
-    arrays = [np.load(p, mmap_mode="r") for p in shards]
-    if sum(len(a) for a in arrays) != num_docs:
-        raise ValueError(f"shards hold {sum(len(a) for a in arrays)} vectors, the corpus {num_docs} passages")
-    dim = arrays[0].shape[1]
+    # shapes from the headers; each shard is mapped only while it is read (its pages then leave RSS)
+    shapes = [np.load(p, mmap_mode="r").shape for p in shards]
+    if sum(n for n, _ in shapes) != num_docs:
+        raise ValueError(f"shards hold {sum(n for n, _ in shapes)} vectors, the corpus {num_docs} passages")
+    dim = shapes[0][1]
     index = faiss.index_factory(dim, faiss_type, faiss.METRIC_INNER_PRODUCT)
     start = time.time()
     if not index.is_trained:
         rng = np.random.default_rng(seed)
         take = np.sort(rng.choice(num_docs, size=min(train_size, num_docs), replace=False))
-        bounds = np.cumsum([0] + [len(a) for a in arrays])
-        sample = np.concatenate([from_storage(a[take[(take >= lo) & (take < hi)] - lo], dtype)
-                                 for a, lo, hi in zip(arrays, bounds[:-1], bounds[1:], strict=True)])
+        bounds = np.cumsum([0] + [n for n, _ in shapes])
+        sample = np.concatenate([from_storage(np.load(p, mmap_mode="r")[take[(take >= lo) & (take < hi)] - lo], dtype)
+                                 for p, lo, hi in zip(shards, bounds[:-1], bounds[1:], strict=True)])
         index.train(sample)
         del sample
         log(f"trained {faiss_type} on {len(take)} vectors in {time.time() - start:.1f} s")
-    for a in arrays:
+    for p in shards:
+        a = np.load(p, mmap_mode="r")
         for b in range(0, len(a), add_batch):
             index.add(from_storage(a[b:b + add_batch], dtype))
+        del a
     set_search_params(index, hnsw_ef_search=hnsw_ef_search, ivf_nprobe=ivf_nprobe)
     path = os.path.join(out_dir, "dense", "index.faiss")
     os.makedirs(os.path.dirname(path), exist_ok=True)
