@@ -23,7 +23,11 @@ Pieces:
     HTTP (any Search-R1 `/retrieve` server) retrievers; `batching.MicroBatcher` batches the
     queries of concurrent episodes into one retrieval call.
   * `retrieval_server`: `python -m envs.search.retrieval_server --port 8000 [--index DIR]`, a
-    Search-R1 compatible `POST /retrieve` server.
+    Search-R1 compatible `POST /retrieve` server (also serves Search-R1's own `e5_Flat.index` +
+    `wiki-18.jsonl`; bearer token, per-request caps).
+  * `corpus_store`: `MmapCorpus`, a JSONL corpus read in place (memory-mapped, one offset a line).
+  * `dense_index`: wiki-18-scale dense indexes: streaming, resumable, sharded encoding (f16/bf16
+    shards), any faiss type (Flat, SQfp16, IVF-PQ, HNSW), memory-mapped reads.
   * `data`: readers for wiki-18 corpora, FlashRAG QA files and Search-R1 parquet rows, and
     `load_tasks`, an experiment's train / held-out tasks (the synthetic world or those files).
   * `experiment`: what the training loop needs of a Search-R1 run (tasks, env kwargs, the

@@ -6,6 +6,9 @@ CLI:
     python -m envs.search.build_index --corpus wiki-18.jsonl --out indexes/wiki18 [--dense [--encoder DIR]]
     # the synthetic world (corpus + train/test tasks + index)
     python -m envs.search.build_index --synthetic 20000 --seed 0 --out indexes/world [--dense]
+    # wiki-18 scale: streaming, resumable, sharded (envs/search/dense_index.py); rerun to resume
+    python -m envs.search.build_index --scale --corpus wiki-18.jsonl --out indexes/wiki18_ivfpq \
+        --encoder E5_DIR --encoder-family e5 --faiss-type IVF4096,PQ64 [--worker I --num-workers N --stage encode]
 
 The directory layout is described in `envs.search.retrieval`. `cached_world()` builds the
 synthetic world's BM25 index once under the cache directory (`$AGENTIC_CACHE_DIR`, default
@@ -29,9 +32,15 @@ from envs.search.data import read_corpus, read_jsonl, write_jsonl
 from envs.search.retrieval import INDEX_FORMAT, BM25Retriever, DenseRetriever
 
 
+def _encoder(encoder_dir: str | None, encoder_family: str | None):
+    from envs.search.encoder import TextEncoder, default_encoder_dir, family_settings
+
+    return TextEncoder(encoder_dir or default_encoder_dir(), **family_settings(encoder_family))
+
+
 def build_index(corpus: Sequence[dict], out_dir: str, *, bm25: bool = True, dense: bool = False,
-                encoder_dir: str | None = None, tasks: dict[str, list] | None = None,
-                extra_meta: dict[str, Any] | None = None) -> str:
+                encoder_dir: str | None = None, encoder_family: str | None = None,
+                tasks: dict[str, list] | None = None, extra_meta: dict[str, Any] | None = None) -> str:
     """Writes `corpus` and its index(es) to `out_dir` (created; must not hold another index)."""
     if not bm25 and not dense:
         raise ValueError("build at least one of bm25 / dense")
@@ -46,10 +55,7 @@ def build_index(corpus: Sequence[dict], out_dir: str, *, bm25: bool = True, dens
         BM25Retriever.build(corpus).save(out_dir)
         meta["bm25"] = True
     if dense:
-        from envs.search.encoder import TextEncoder, default_encoder_dir
-
-        encoder = TextEncoder(encoder_dir or default_encoder_dir())
-        meta["dense"] = DenseRetriever.build(corpus, encoder).save(out_dir)
+        meta["dense"] = DenseRetriever.build(corpus, _encoder(encoder_dir, encoder_family)).save(out_dir)
     for split, rows in (tasks or {}).items():
         write_jsonl(os.path.join(out_dir, f"{split}.jsonl"), rows)
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
@@ -57,14 +63,13 @@ def build_index(corpus: Sequence[dict], out_dir: str, *, bm25: bool = True, dens
     return out_dir
 
 
-def add_dense_index(index_dir: str, encoder_dir: str | None = None) -> None:
+def add_dense_index(index_dir: str, encoder_dir: str | None = None, encoder_family: str | None = None) -> None:
     """Adds a dense index to an existing index directory (in place)."""
-    from envs.search.encoder import TextEncoder, default_encoder_dir
     from envs.search.retrieval import read_meta
 
     meta = read_meta(index_dir)
     corpus = read_jsonl(os.path.join(index_dir, "corpus.jsonl"))
-    encoder = TextEncoder(encoder_dir or default_encoder_dir())
+    encoder = _encoder(encoder_dir, encoder_family)
     meta["dense"] = DenseRetriever.build(corpus, encoder).save(index_dir)
     tmp = os.path.join(index_dir, "meta.json.tmp")
     with open(tmp, "w") as f:
@@ -127,8 +132,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--dense", action="store_true", help="also build a dense (faiss) index")
     p.add_argument("--no-bm25", action="store_true", help="skip the BM25 index")
     p.add_argument("--encoder", default=None, help="HF BERT/e5 directory (default: all-MiniLM-L6-v2)")
+    p.add_argument("--encoder-family", default=None, choices=["e5", "bge", "contriever", "plain"],
+                   help="prefixes and pooling of the encoder (e5: 'query: ' / 'passage: ', mean); never "
+                        "guessed from the directory name")
+    p.add_argument("--max-length", type=int, default=180, help="passage tokens (Search-R1's index_builder: 180)")
+    s = p.add_argument_group("wiki-18 scale (--scale): streaming, resumable, sharded dense index")
+    s.add_argument("--scale", action="store_true", help="read --corpus in place (JSONL) and build a dense "
+                   "index shard by shard; rerun to resume")
+    s.add_argument("--faiss-type", default="Flat", help="faiss index_factory string: Flat, SQfp16, "
+                   "IVF4096,PQ64, HNSW32, HNSW32,SQfp16 ... (inner product)")
+    s.add_argument("--shard-size", type=int, default=1_000_000)
+    s.add_argument("--batch-size", type=int, default=512)
+    s.add_argument("--storage", default="float16", choices=["float16", "bfloat16"], help="embedding shards' dtype")
+    s.add_argument("--worker", type=int, default=0, help="this worker's id (shards worker, worker+N, ...)")
+    s.add_argument("--num-workers", type=int, default=1)
+    s.add_argument("--stage", default="all", choices=["encode", "index", "all"],
+                   help="encode: this worker's shards only; index: build from all shards")
+    s.add_argument("--train-size", type=int, default=200_000, help="vectors IVF/PQ trains on")
+    s.add_argument("--synthetic-embeddings", type=int, default=0, metavar="DIM",
+                   help="no encoder: clustered synthetic embeddings of this dimension (scale tests only)")
     args = p.parse_args(argv)
     start = time.time()
+    if args.scale:
+        _main_scale(args)
+        return
     if args.synthetic is not None:
         w = world_lib.build_world(args.synthetic, args.seed)
         corpus, tasks = w.corpus, {"train": w.train_tasks, "test": w.test_tasks}
@@ -136,10 +163,49 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         corpus, tasks, extra = read_corpus(args.corpus), None, {"source": os.path.abspath(args.corpus)}
     build_index(corpus, args.out, bm25=not args.no_bm25, dense=args.dense, encoder_dir=args.encoder,
-                tasks=tasks, extra_meta=extra)
+                encoder_family=args.encoder_family, tasks=tasks, extra_meta=extra)
     print(f"wrote {args.out}: {len(corpus)} passages"
           + (f", {len(tasks['train'])} train / {len(tasks['test'])} test tasks" if tasks else "")
           + f" in {time.time() - start:.1f} s")
+
+
+def _main_scale(args) -> None:
+    from envs.search import dense_index
+    from envs.search.corpus_store import MmapCorpus
+
+    if not args.corpus:
+        raise SystemExit("--scale needs --corpus (a JSONL corpus, read in place)")
+    corpus = MmapCorpus(args.corpus)
+    os.makedirs(args.out, exist_ok=True)
+    if args.synthetic_embeddings:
+        dim, embed = args.synthetic_embeddings, dense_index.synthetic_embed(args.synthetic_embeddings)
+        settings = {"encoder": None, "pooling": "mean", "max_length": args.max_length, "query_prefix": "",
+                    "passage_prefix": "", "synthetic": True}
+    else:
+        from envs.search.encoder import TextEncoder, default_encoder_dir, family_settings
+
+        encoder = TextEncoder(args.encoder or default_encoder_dir(), max_length=args.max_length,
+                              batch_size=args.batch_size, **family_settings(args.encoder_family))
+        dim = encoder.dim
+
+        def embed(rows):
+            return encoder.encode([r["contents"] for r in rows], is_query=False)
+
+        settings = {"encoder": os.path.abspath(encoder.model_dir), "pooling": encoder.pooling,
+                    "max_length": encoder.max_length, "query_prefix": encoder.query_prefix,
+                    "passage_prefix": encoder.passage_prefix}
+    if args.stage in ("encode", "all"):
+        done = dense_index.encode_shards(corpus, args.out, embed, dim=dim, shard_size=args.shard_size,
+                                         batch_size=args.batch_size, dtype=args.storage, worker=args.worker,
+                                         num_workers=args.num_workers)
+        print(f"worker {args.worker}/{args.num_workers}: encoded shards {done}", flush=True)
+    if args.stage in ("index", "all"):
+        dense_index.build_faiss(args.out, args.faiss_type, num_docs=len(corpus), shard_size=args.shard_size,
+                                dtype=args.storage, train_size=args.train_size)
+        dense_index.write_meta(args.out, num_docs=len(corpus), corpus_path=args.corpus,
+                               dense={**settings, "dim": dim, "faiss_type": args.faiss_type,
+                                      "index": os.path.join("dense", "index.faiss")})
+        print(f"wrote {args.out}: {len(corpus)} passages, {args.faiss_type}", flush=True)
 
 
 if __name__ == "__main__":

@@ -10,18 +10,44 @@ Formats read:
 
 Every reader returns tasks as plain JSON dicts `{"id", "question", "golden_answers", ...}`, the
 task shape of the search_r1 env.
+
+Paths may be local or URLs (`gs://bucket/data/train.parquet`, `memory://...`): files are opened
+through etils.epath, whose fsspec backend reads `gs://` with gcsfs (pinned in requirements.txt).
+The tasks then reach the training loop through grain (`agentic.tasks.task_dataset`: per-process
+shards, a seeded shuffle per epoch, resumable state).
+
+Search-R1's data (`scripts/nq_hotpotqa/data_process.sh`) is two parquet files in one directory:
+`train.parquet` (NQ + HotpotQA train, `data_source` "nq" / "hotpotqa") and `test.parquet`, the
+7 test sets of Table 2 concatenated (`SEARCH_R1_TEST_SOURCES`, each set whole, one after the
+other). `eval_order` interleaves the data sources so that the first N held-out tasks (the
+in-training evals) cover every set, not N rows of NQ.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+# Table 2's test sets, in the paper's column order: `data_source` values of Search-R1's test.parquet
+# (scripts/data_process/qa_search_test_merge.py --data_sources, as data_process.sh calls it).
+SEARCH_R1_TEST_SOURCES = ("nq", "triviaqa", "popqa", "hotpotqa", "2wikimultihopqa", "musique", "bamboogle")
+SEARCH_R1_TRAIN_SOURCES = ("nq", "hotpotqa")
+
+
+def _open(path: str, mode: str = "r"):
+    """Opens a local path or a URL (gs://, memory://, ...) through etils.epath."""
+    from etils import epath
+
+    p = epath.Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no such data file: {path}")
+    return p.open(mode, **({"encoding": "utf-8"} if "b" not in mode else {}))
+
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
+    with _open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -49,12 +75,11 @@ def read_corpus(path: str) -> list[dict[str, str]]:
 
 
 def _read_rows(path: str) -> list[dict[str, Any]]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        with _open(path, "rb") as f:
+            return pq.read_table(f).to_pylist()
     return read_jsonl(path)
 
 
@@ -125,3 +150,27 @@ def load_tasks(source: str, *, eval_source: str = "", world_passages: int = 0, w
         return ([t for t in world.train_tasks if t["hops"] in wanted],
                 [t for t in world.test_tasks if t["hops"] in wanted])
     return read_tasks(source), read_tasks(eval_source or source)
+
+
+def eval_order(tasks: Sequence[Mapping[str, Any]], seed: int = 0) -> list[Mapping[str, Any]]:
+    """Held-out tasks interleaved across `data_source` (round robin over the sources, each source's
+    tasks in a seeded shuffle): any prefix samples every source about equally, so an in-training
+    eval of the first N tasks covers all 7 test sets. Tasks without a data source form one group.
+    The whole list is a permutation of `tasks`.
+    """
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for t in tasks:
+        groups.setdefault(str(t.get("data_source", "")), []).append(t)
+    if len(groups) <= 1:
+        return list(tasks)
+    rng = random.Random(seed)
+    queues = []
+    for name in sorted(groups, key=lambda n: (SEARCH_R1_TEST_SOURCES.index(n) if n in SEARCH_R1_TEST_SOURCES
+                                               else len(SEARCH_R1_TEST_SOURCES), n)):
+        g = list(groups[name])
+        rng.shuffle(g)
+        queues.append(g)
+    out: list[Mapping[str, Any]] = []
+    for i in range(max(len(q) for q in queues)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out

@@ -2,7 +2,7 @@
 
 Covers the encoders Search-R1-style dense retrieval uses: sentence-transformers MiniLM
 (`all-MiniLM-L6-v2`, mean pooling) and e5 (`intfloat/e5-base-v2`, mean pooling, "query: " /
-"passage: " prefixes). A checkpoint directory needs `config.json` (BertModel), `model.safetensors`
+"passage: " prefixes, which the caller sets: `ENCODER_FAMILIES`). A checkpoint directory needs `config.json` (BertModel), `model.safetensors`
 and `tokenizer.json`; `1_Pooling/config.json` (sentence-transformers) picks the pooling if present.
 No torch: weights are read with `safetensors.numpy`, text is tokenized with `tokenizers`.
 
@@ -21,6 +21,27 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# Encoder families and what their checkpoints expect, as Search-R1's retriever_name picks them
+# (search_r1/search/retrieval_server.py: "query: " for e5 queries; index_builder.py: "passage: "
+# for e5 passages, MODEL2POOLING). A config names the family (or gives prefixes itself).
+ENCODER_FAMILIES: dict[str, dict[str, str]] = {
+    "e5": {"query_prefix": "query: ", "passage_prefix": "passage: ", "pooling": "mean"},
+    "bge": {"query_prefix": "", "passage_prefix": "", "pooling": "cls"},
+    "contriever": {"query_prefix": "", "passage_prefix": "", "pooling": "mean"},
+    "plain": {"query_prefix": "", "passage_prefix": "", "pooling": "mean"},  # e.g. all-MiniLM-L6-v2
+}
+
+
+def family_settings(family: str | None, *, query_prefix: str | None = None, passage_prefix: str | None = None,
+                    pooling: str | None = None) -> dict[str, str | None]:
+    """TextEncoder keyword arguments for an encoder `family` (None: no family), explicit values winning."""
+    if family is not None and family not in ENCODER_FAMILIES:
+        raise ValueError(f"unknown encoder family {family!r}; choose one of {sorted(ENCODER_FAMILIES)}")
+    base = ENCODER_FAMILIES.get(family or "", {})
+    return {"query_prefix": query_prefix if query_prefix is not None else base.get("query_prefix", ""),
+            "passage_prefix": passage_prefix if passage_prefix is not None else base.get("passage_prefix", ""),
+            "pooling": pooling if pooling is not None else base.get("pooling")}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -133,13 +154,14 @@ class TextEncoder:
         model_dir: Hugging Face directory (config.json, model.safetensors, tokenizer.json).
         pooling: "mean" or "cls"; None reads `1_Pooling/config.json`, defaulting to mean.
         max_length: truncation length in tokens.
-        query_prefix / passage_prefix: prepended to queries / passages; None picks e5's
-            "query: " / "passage: " when the directory name contains "e5", else "".
+        query_prefix / passage_prefix: prepended to queries / passages (e5: "query: " /
+            "passage: ", `ENCODER_FAMILIES["e5"]`). Set by the caller's config, never guessed from
+            the directory's name (an HF-cache snapshot directory is named by a hash).
         batch_size: largest batch run at once.
     """
 
     def __init__(self, model_dir: str, *, pooling: str | None = None, max_length: int = 256,
-                 query_prefix: str | None = None, passage_prefix: str | None = None, batch_size: int = 128):
+                 query_prefix: str = "", passage_prefix: str = "", batch_size: int = 128):
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 
@@ -158,9 +180,11 @@ class TextEncoder:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling = pooling
-        is_e5 = "e5" in os.path.basename(os.path.normpath(model_dir)).lower()
-        self.query_prefix = ("query: " if is_e5 else "") if query_prefix is None else query_prefix
-        self.passage_prefix = ("passage: " if is_e5 else "") if passage_prefix is None else passage_prefix
+        if not isinstance(query_prefix, str) or not isinstance(passage_prefix, str):
+            raise TypeError(f"query_prefix and passage_prefix must be strings, got {query_prefix!r}, "
+                            f"{passage_prefix!r}")
+        self.query_prefix = query_prefix
+        self.passage_prefix = passage_prefix
         self.batch_size = batch_size
         self.tokenizer = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
         self.tokenizer.no_padding()

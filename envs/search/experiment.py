@@ -2,7 +2,8 @@
 
 Built from an experiment config (`experiments/configs/search_r1.py`): the tasks of
 `config.data`, the synthetic world's size and seed for the env (it must search the world the
-tasks come from), the scripted cold-start policy (search, then answer; a seeded share of
+tasks come from), held-out files' tasks interleaved across their `data_source`s (so the
+in-training evals of the first N cover all 7 test sets, `data.eval_order`), the scripted cold-start policy (search, then answer; a seeded share of
 questions answered at once from priors), and exact match on the progress line.
 """
 
@@ -22,6 +23,8 @@ def experiment(config) -> Experiment:
     d = config.data
     train, held_out = data_lib.load_tasks(d.source, eval_source=d.eval_source, world_passages=d.world_passages,
                                           world_seed=d.world_seed, hops=tuple(d.hops))
+    if d.source != "synthetic":
+        held_out = data_lib.eval_order(held_out, seed=config.seed)
     env_kwargs = {"world_passages": d.world_passages, "world_seed": d.world_seed} if d.source == "synthetic" else {}
     return Experiment(
         train_tasks=train, eval_tasks=held_out, env_kwargs=env_kwargs,

@@ -6,9 +6,14 @@ the hit shape of Search-R1's retrieval server, best hit first.
 On-disk index directory (written by `envs.search.build_index`):
 
     corpus.jsonl        wiki-18 rows {"id", "contents": "\\"Title\\"\\ntext"}, row i = document i
-    meta.json           {"format": 1, "num_docs": N, "bm25": bool, "dense": {...} | null, ...}
+    meta.json           {"format": 1, "num_docs": N, "bm25": bool, "dense": {...} | null,
+                        "corpus": path (optional: a corpus outside the directory), ...}
     bm25/               bm25s index (English stopwords, no stemming)
-    dense/index.faiss   faiss IndexFlatIP over unit-norm passage embeddings
+    dense/index.faiss   faiss index (IndexFlatIP, or any `dense_index.build_faiss` type) over
+                        unit-norm passage embeddings
+
+A dense retriever memory-maps the corpus (`corpus_store.MmapCorpus`) and the faiss index; it
+also serves Search-R1's own prebuilt files as they are (`DenseRetriever.from_files`).
     train.jsonl, test.jsonl   tasks (synthetic worlds only)
 """
 
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from envs.search.batching import Hit
+from envs.search.corpus_store import MmapCorpus
 from envs.search.data import read_jsonl
 
 INDEX_FORMAT = 1
@@ -42,7 +48,7 @@ def read_meta(index_dir: str) -> dict[str, Any]:
     return meta
 
 
-def _hits(corpus: list[dict], idx: np.ndarray, scores: np.ndarray) -> list[Hit]:
+def _hits(corpus: Sequence[dict], idx: np.ndarray, scores: np.ndarray) -> list[Hit]:
     """Hits for the first len(scores) ids (faiss pads missing ones with -1)."""
     return [{"document": corpus[int(i)], "score": float(s)} for i, s in zip(idx, scores) if i >= 0]  # noqa: B905
 
@@ -129,7 +135,7 @@ class BM25Retriever:
 class DenseRetriever:
     """Exact inner-product search (faiss IndexFlatIP) over unit-norm embeddings of a TextEncoder."""
 
-    def __init__(self, corpus: list[dict], index, encoder):
+    def __init__(self, corpus: Sequence[dict], index, encoder):
         self.corpus = corpus
         self.index = index
         self.encoder = encoder
@@ -144,21 +150,46 @@ class DenseRetriever:
         return cls(corpus, index, encoder)
 
     @classmethod
-    def load(cls, index_dir: str, corpus: list[dict] | None = None, encoder_dir: str | None = None) -> DenseRetriever:
-        import faiss
-
+    def load(cls, index_dir: str, corpus: Sequence[dict] | None = None, encoder_dir: str | None = None,
+             mmap: bool = True) -> DenseRetriever:
+        """Our index directory (meta.json): the corpus memory-mapped, the faiss index too (`mmap`)."""
+        from envs.search.dense_index import open_index
         from envs.search.encoder import TextEncoder
 
-        dense = read_meta(index_dir).get("dense")
+        meta = read_meta(index_dir)
+        dense = meta.get("dense")
         if not dense:
             raise FileNotFoundError(f"{index_dir} has no dense index; build it with "
                                     f"`python -m envs.search.build_index --dense ...`")
         encoder = TextEncoder(encoder_dir or dense["encoder"], pooling=dense["pooling"],
                               max_length=dense["max_length"], query_prefix=dense["query_prefix"],
                               passage_prefix=dense["passage_prefix"])
-        index = faiss.read_index(os.path.join(index_dir, "dense", "index.faiss"))
-        return cls(corpus if corpus is not None else read_jsonl(os.path.join(index_dir, "corpus.jsonl")),
-                   index, encoder)
+        index = open_index(os.path.join(index_dir, dense.get("index", os.path.join("dense", "index.faiss"))),
+                           mmap=mmap)
+        if corpus is None:
+            corpus = MmapCorpus(os.path.join(index_dir, meta.get("corpus", "corpus.jsonl")))
+        return cls(corpus, index, encoder)
+
+    @classmethod
+    def from_files(cls, index_path: str, corpus_path: str, encoder_dir: str, *, family: str | None = None,
+                   query_prefix: str | None = None, pooling: str | None = None, max_length: int = 256,
+                   mmap: bool = True) -> DenseRetriever:
+        """Search-R1's prebuilt files as they are: a faiss index (`e5_Flat.index`, row i = line i)
+        and the JSONL corpus (`wiki-18.jsonl`), with the encoder settings given here (Search-R1's
+        server: `--retriever_name e5` -> "query: " prefix, mean pooling, queries cut at 256 tokens)."""
+        from envs.search.dense_index import open_index
+        from envs.search.encoder import TextEncoder, family_settings
+
+        settings = family_settings(family, query_prefix=query_prefix, pooling=pooling)
+        index = open_index(index_path, mmap=mmap)
+        corpus = MmapCorpus(corpus_path)
+        if index.ntotal != len(corpus):
+            raise ValueError(f"{index_path} holds {index.ntotal} vectors but {corpus_path} {len(corpus)} passages")
+        encoder = TextEncoder(encoder_dir, pooling=settings["pooling"], max_length=max_length,
+                              query_prefix=settings["query_prefix"], passage_prefix=settings["passage_prefix"])
+        if index.d != encoder.dim:
+            raise ValueError(f"{index_path} has dimension {index.d}, the encoder {encoder_dir} {encoder.dim}")
+        return cls(corpus, index, encoder)
 
     def save(self, index_dir: str) -> dict[str, Any]:
         import faiss
@@ -179,11 +210,14 @@ class DenseRetriever:
 class HttpRetriever:
     """Client of a Search-R1 compatible `POST /retrieve` server (ours or Search-R1's own)."""
 
-    def __init__(self, url: str, timeout_s: float = 60.0):
+    def __init__(self, url: str, timeout_s: float = 60.0, token: str | None = None):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"retrieval url must start with http:// or https://, got {url!r}")
         self.url = url
         self.timeout_s = timeout_s
+        # the server's bearer token: given, or $AGENTIC_RETRIEVAL_TOKEN (never in a config file)
+        token = token or os.environ.get("AGENTIC_RETRIEVAL_TOKEN")
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._local = threading.local()  # one keep-alive session per calling thread
 
     def _session(self):
@@ -200,7 +234,7 @@ class HttpRetriever:
             return []
         payload = {"queries": list(queries), "topk": int(topk), "return_scores": True}
         try:
-            resp = self._session().post(self.url, json=payload, timeout=self.timeout_s)
+            resp = self._session().post(self.url, json=payload, timeout=self.timeout_s, headers=self._headers)
         except requests.RequestException as e:
             raise ConnectionError(f"retrieval server {self.url} unreachable: {e}") from e
         if resp.status_code != 200:

@@ -106,8 +106,8 @@ def base_config() -> ml_collections.ConfigDict:
     # See envs/search/env.py SearchR1Config for every knob (retrieval_url, index_dir, obs_tokenizer...).
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "synthetic"         # "synthetic" | path to FlashRAG/Search-R1 jsonl/parquet
-    c.data.eval_source = ""
+    c.data.source = "synthetic"         # "synthetic" | FlashRAG/Search-R1 jsonl/parquet (local, gs://, ...)
+    c.data.eval_source = ""             # held-out file; its tasks are interleaved across data_source
     c.data.world_passages = 20000
     c.data.world_seed = 0
     c.data.hops = (1, 2)
@@ -185,10 +185,15 @@ def tpu_recipe(model: str, ppo: bool, topology: str = "v5p:2x2x4") -> ml_collect
     c.sebulba.actor_devices = 2         # per host: the engine's chips
     c.generator.tp_size = 2
     c.learner.micro_batch_size = 8      # a multiple of data * fsdp: one 4,096-token row per learner chip
-    c.data.source = "data/nq_hotpotqa_train.parquet"
-    c.data.eval_source = "data/search_r1_test.parquet"
+    # Search-R1's files as scripts/nq_hotpotqa/data_process.sh writes them (PeterJinGo/nq_hotpotqa_train
+    # on the HF hub): train = NQ + HotpotQA, test = Table 2's 7 sets. Any path: local, gs://, ...
+    c.data.source = "data/nq_hotpotqa_train/train.parquet"
+    c.data.eval_source = "data/nq_hotpotqa_train/test.parquet"
     c.env.kwargs.retriever = "http"
-    c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"  # e5 over wiki-18, Search-R1's server
+    # e5-base-v2 over wiki-18 (tools/start_retrieval_vm.sh; or Search-R1's own retrieval_server.py)
+    c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"
+    # data.max_obs_length=500 counts tokens of the policy's tokenizer (Search-R1 cuts the observation's ids)
+    c.env.kwargs.obs_tokenizer = model
     c.generator.num_slots = 256         # per host
     # 2 data-parallel replicas, fsdp over the rest: on v5p's 8 learner chips an 8-way fsdp mesh stops
     # libtpu's compiler (a check in its collective-matmul emitter); (2, 4, 1) compiles and fits

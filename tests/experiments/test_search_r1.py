@@ -93,6 +93,6 @@ def test_killed_run_resumes_and_finishes(tmp_path):
                           "--config=experiments/configs/search_r1.py:test", f"--workdir={workdir}", "--limit=2"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
-    assert "step 2  synthetic-1hop" in out.stdout
+    assert "synthetic-1hop" in out.stdout and "\nstep 2 " in out.stdout  # the table's header and row
     report = json.load(open(os.path.join(workdir, "eval_step2.json")))
     assert report["datasets"]["synthetic-1hop"]["episodes"] == 2.0

@@ -1,5 +1,6 @@
 """Readers for the formats Search-R1 users have on disk, and the grain task pipeline."""
 
+import collections
 import json
 
 import pyarrow as pa
@@ -88,3 +89,54 @@ def test_task_dataset_shuffles_shards_and_resumes():
     assert take(resumed, 9) == expected
     with pytest.raises(ValueError, match="shard_index"):
         tasks_lib.task_dataset(tasks, seed=0, shard_index=3, shard_count=3)
+
+
+def _search_r1_rows(source, n, split):
+    """Rows as Search-R1's qa_search_{train,test}_merge.py write them."""
+    return [{"id": f"{split}_{i}", "question": f"{source} question {i}?", "golden_answers": [f"{source}{i}"],
+             "data_source": source, "prompt": [{"role": "user", "content": make_prompt(f"{source} question {i}")}],
+             "ability": "fact-reasoning",
+             "reward_model": {"style": "rule", "ground_truth": {"target": [f"{source}{i}"]}},
+             "extra_info": {"split": split, "index": i}} for i in range(n)]
+
+
+def test_search_r1_files_from_a_url_through_grain(memory_url):
+    """Search-R1's train.parquet / test.parquet at a bucket URL (memory:// stands in for gs://, same
+    epath/fsspec code): the experiment reads both, the held-out order covers all 7 test sets in its
+    first 7 tasks, and the training tasks stream through grain."""
+    from etils import epath
+
+    from envs.search.experiment import experiment
+    from experiments.configs import search_r1
+
+    base = epath.Path(memory_url) / "nq_hotpotqa_train"
+    base.mkdir(parents=True)
+    sizes = dict(zip(data.SEARCH_R1_TEST_SOURCES, (30, 20, 20, 15, 10, 5, 2), strict=True))
+    test_rows = [r for s, n in sizes.items() for r in _search_r1_rows(s, n, "test")]  # concatenated, as theirs
+    with (base / "test.parquet").open("wb") as f:
+        pq.write_table(pa.Table.from_pylist(test_rows), f)
+    with (base / "train.parquet").open("wb") as f:
+        pq.write_table(pa.Table.from_pylist(_search_r1_rows("nq", 6, "train") + _search_r1_rows("hotpotqa", 4, "train")),
+                       f)
+    config = search_r1.get_config("qwen2_5_3b_tpu")
+    assert config.data.source.endswith("/train.parquet") and config.data.eval_source.endswith("/test.parquet")
+    assert config.env.kwargs.obs_tokenizer == config.model.name  # max_obs_length counts the policy's tokens
+    config.data.source, config.data.eval_source = str(base / "train.parquet"), str(base / "test.parquet")
+    ex = experiment(config)
+    assert len(ex.train_tasks) == 10 and len(ex.eval_tasks) == len(test_rows)
+    assert sorted(t["id"] for t in ex.eval_tasks) == sorted(r["id"] for r in test_rows)  # a permutation
+    assert [t["data_source"] for t in ex.eval_tasks[:7]] == list(data.SEARCH_R1_TEST_SOURCES)
+    first64 = collections.Counter(t["data_source"] for t in ex.eval_tasks[:64])
+    assert set(first64) == set(data.SEARCH_R1_TEST_SOURCES) and first64["nq"] <= 16   # not 64 rows of NQ
+    it = iter(tasks_lib.task_dataset(ex.train_tasks, seed=0, num_epochs=1))
+    assert sorted(next(it)["id"] for _ in range(10)) == sorted(t["id"] for t in ex.train_tasks)
+    with pytest.raises(FileNotFoundError, match="memory://bucket/nope.parquet"):
+        data.read_tasks(memory_url + "/nope.parquet")
+
+
+def test_gcsfs_is_installed_for_gs_paths():
+    """gs:// goes through fsspec's "gcs" protocol, which is gcsfs (pinned in requirements.txt)."""
+    import fsspec
+    import gcsfs
+
+    assert isinstance(fsspec.filesystem("gs", token="anon"), gcsfs.GCSFileSystem)
