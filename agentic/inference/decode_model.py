@@ -1,21 +1,19 @@
-"""The engine's forward pass: new tokens of some slots, KV cache updated in place.
+"""The engine's forward pass over a paged KV cache: only the new tokens' k/v are written.
 
-The model's own cache path (`agentic.models.forward(..., cache=...)`) scans the
-layers with the cache as scanned input *and* output, so every call rewrites the
-cache it is given: the engine would have to gather its rows' slots out of the big
-cache and scatter them back around each call. This module computes exactly the
-same function (same params tree, same RoPE helpers, f32 softmax; the engine tests
-check it token for token against the model) with:
+The KV cache is a pool of fixed-size pages shared by every sequence
+(`agentic.inference.kv_pages`): {"k", "v": [L, P, page_size, KVH, Dh]}. Each row of a call
+brings its page table (the pages holding its positions 0, page_size, 2 page_size, ...), and:
 
-* the whole cache in a `fori_loop` carry over layers, the new k/v scattered in place;
-* attention over a static prefix `kv_len` of the rows' slots (a bucket >= the
-  longest running sequence), so a call reads only the cache rows that can be attended;
-* the vocab projection only for the one position per row whose logits are wanted.
+* the new tokens' k/v are scattered into their (page, offset) in place, in a `fori_loop`
+  carry over layers: nothing else of the cache is read or written by the scatter;
+* attention gathers only the row's own pages of a static window (`page_table.shape[1]`
+  pages, a bucket >= the longest running sequence), so a call reads at most
+  rows x window tokens of the layer's cache, never the whole cache;
+* the vocab projection runs only for the one position per row whose logits are wanted.
 
-Decode steps run it with one token per slot of the first B slots (a contiguous
-slice), prefill calls with a chunk of tokens per row and the rows' slots.
-
-Layout of the cache is the model contract's: {"k", "v": [L, B, S, KVH, Dh]}.
+Decode steps run it with one token per row, prefill calls with a chunk of tokens per row.
+It computes exactly the model's function (same params tree, RoPE helpers, f32 softmax; the
+engine tests check it token for token against `agentic.models.forward`).
 """
 
 from __future__ import annotations
@@ -41,20 +39,26 @@ def _proj(eq, x, p, dtype):
     return y
 
 
-def cached_forward(config: ModelConfig, params, cache, tokens, positions, kv_len: int, *, slots=None,
-                   last=None, reduce_attention: bool = False):
+def init_paged_cache(config: ModelConfig, num_pages: int, page_size: int, dtype=None) -> dict:
+    """Zero KV pages {"k", "v"}: [L, num_pages, page_size, KVH, Dh] each."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_layers, num_pages, page_size, config.num_kv_heads, config.head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+def cached_forward(config: ModelConfig, params, cache, tokens, positions, page_table, *, last=None,
+                   reduce_attention: bool = False):
     """Logits at one position per row, and the cache with every new token's k/v written.
 
     Args:
       config: the model config.
       params: the model params (scanned layout, as `agentic.models.init_params`).
-      cache: {"k", "v": [L, N, S, KVH, Dh]} (N slots).
+      cache: {"k", "v": [L, P, page_size, KVH, Dh]} (P pages).
       tokens, positions: int32 [B, T]; entries with position < 0 write nothing (a row
         of them gets garbage logits, to be ignored).
-      kv_len: static; attention reads cache indices [0, kv_len). Every valid
-        position must be < kv_len.
-      slots: int32 [B], the cache slot of each row (distinct); None: rows are slots 0..B-1
-        (the decode step: a contiguous slice, no gather).
+      page_table: int32 [B, W]: row b's position p lives in page page_table[b, p // page_size];
+        attention reads the W pages (W * page_size positions). Every valid position must be
+        < W * page_size, and its page must belong to the row alone (pages below it may be shared).
       last: int32 [B], the index in T whose logits are returned; None: T - 1.
       reduce_attention: static; for one token per row, attention as fused multiply-reduce
         instead of einsums (faster on CPU; the engine sets it for CPU devices).
@@ -67,18 +71,21 @@ def cached_forward(config: ModelConfig, params, cache, tokens, positions, kv_len
     B, T = tokens.shape
     H, KVH, Dh = c.num_heads, c.num_kv_heads, c.head_dim
     G = H // KVH
-    S = cache["k"].shape[2]
-    write = jnp.where(positions >= 0, positions, S)  # out of range -> dropped by the scatter
-    cos, sin = rope_cos_sin(c, jnp.maximum(positions, 0))  # [B, T, Dh]
+    num_pages, ps = cache["k"].shape[1], cache["k"].shape[2]
+    W = page_table.shape[1]
+    kv_len = W * ps
+    valid = positions >= 0
+    pos0 = jnp.maximum(positions, 0)
+    page = jnp.take_along_axis(page_table, jnp.minimum(pos0 // ps, W - 1), axis=1)
+    w_page = jnp.where(valid, page, num_pages)  # out of range -> dropped by the scatter
+    w_off = pos0 % ps
+    cos, sin = rope_cos_sin(c, pos0)  # [B, T, Dh]
     mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]  # [B, T, kv_len]
-    rows = jnp.arange(B) if slots is None else slots
     layers = params["layers"]
     x = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0, mode="clip").astype(dt)  # [B, T, D]
 
-    def read(c_, i):  # layer i's first kv_len cache rows of this call's slots: [B, kv_len, KVH, Dh]
-        if slots is None:  # one slice (not the layer's whole [N, S] cache, then a slice)
-            return jax.lax.dynamic_slice(c_, (i, 0, 0, 0, 0), (1, B, kv_len, KVH, Dh))[0]
-        return c_[i, slots, :kv_len]
+    def read(c_, i):  # layer i's pages of each row's window: [B, kv_len, KVH, Dh]
+        return c_[i, page_table].reshape(B, kv_len, KVH, Dh)
 
     def layer(i, carry):
         x, ck, cv = carry
@@ -88,8 +95,8 @@ def cached_forward(config: ModelConfig, params, cache, tokens, positions, kv_len
         q = apply_rope(_proj("btd,dhk->bthk", h, at["q_proj"], dt), cos, sin)
         k = apply_rope(_proj("btd,dhk->bthk", h, at["k_proj"], dt), cos, sin)
         v = _proj("btd,dhk->bthk", h, at["v_proj"], dt)
-        ck = ck.at[i, rows[:, None], write].set(k.astype(ck.dtype), mode="drop")
-        cv = cv.at[i, rows[:, None], write].set(v.astype(cv.dtype), mode="drop")
+        ck = ck.at[i, w_page, w_off].set(k.astype(ck.dtype), mode="drop")
+        cv = cv.at[i, w_page, w_off].set(v.astype(cv.dtype), mode="drop")
         K, V = read(ck, i), read(cv, i)
         if reduce_attention and T == 1:
             # broadcast products reduced over d (then s): XLA's CPU backend fuses each into one
