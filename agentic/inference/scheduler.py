@@ -79,7 +79,7 @@ class _Request:
     todo: np.ndarray | None = None  # ctx tokens still to prefill
     pos: int = 0  # next position to write
     pending: int = -1  # sampled token not yet in the cache
-    share: tuple[Any, int] | None = None  # (source KVSeq or same-step _Request, tokens) to attach
+    share: tuple[KVSeq, int, Any] | None = None  # (source, tokens, same-step leader or None) to attach
     own: list = dataclasses.field(default_factory=list)  # pages allocated for its new tokens
     resume: bool = False  # preempted: its last prefill re-creates KV, samples nothing
     admitted_at: int = 0
@@ -419,7 +419,7 @@ class EngineCore:
                 if source is None:
                     seq.pages, r.own = r.own, []
                 else:
-                    r.share = (source, n)
+                    r.share = (source.seq, n, source) if isinstance(source, _Request) else (source, n, None)
             seq.running, seq.session = r, sid
             r.seq, r.row = seq, row
             self.rows[row] = r
@@ -441,9 +441,8 @@ class EngineCore:
 
     def _attach_shared(self, r: _Request) -> None:
         """Points r's sequence at its source's full pages and copies the partly filled one."""
-        source, n = r.share
+        src, n, _ = r.share
         r.share = None
-        src = source.seq if isinstance(source, _Request) else source
         n = min(n, lcp(src.tokens, r.ctx))
         ps = self.ec.page_size
         full = n // ps
@@ -493,7 +492,7 @@ class EngineCore:
         one's prefill (the next wave); every other attach runs before any prefill writes.
         """
         def leader(r):
-            return r.share[0] if r.share is not None and isinstance(r.share[0], _Request) else None
+            return r.share[2] if r.share is not None else None
 
         wave = [r for r in admitted if leader(r) is None]
         later = [r for r in admitted if leader(r) is not None]
