@@ -60,6 +60,7 @@ def main(argv=None):
     ap.add_argument("--page_size", type=int, default=16)
     ap.add_argument("--num_pages", type=int, default=0, help="0: num_slots x max_len")
     ap.add_argument("--mean_len", type=int, default=0, help="report the sequences admitted at this length")
+    ap.add_argument("--attention", default="auto", choices=("auto", "xla", "pallas"))
     ap.add_argument("--programs", default="", help="comma-separated subset (default: all)")
     args = ap.parse_args(argv)
 
@@ -70,17 +71,17 @@ def main(argv=None):
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, jnp.dtype(args.dtype)), shapes)
     ec = EngineConfig(num_slots=args.num_slots, max_len=args.max_len, prefill_chunk=args.prefill_chunk,
                       max_prefill_batch=args.max_prefill_batch, token_bucket_growth=args.token_bucket_growth,
-                      page_size=args.page_size, num_pages=args.num_pages, tp_size=args.tp_size or args.devices)
+                      page_size=args.page_size, num_pages=args.num_pages, attention=args.attention, tp_size=args.tp_size or args.devices)
     core = EngineCore(cfg, shapes, None, ec, devices=devices, abstract=True)
-    c = core.cache_shapes["k"]
-    cache_bytes = 2 * np.prod(c.shape) * c.dtype.itemsize / args.devices  # per chip (worst case: unsharded)
+    c = core.cache_shapes["kv"]
+    cache_bytes = np.prod(c.shape) * c.dtype.itemsize / args.devices  # per chip (worst case: unsharded)
     if core.cache_sharding.spec[3] is None and core.cache_sharding.spec[1] is None:
         cache_bytes *= args.devices
     param_bytes = sum(np.prod(p.shape) * p.dtype.itemsize for p in jax.tree.leaves(shapes))
     print(f"{args.model} {args.dtype} on {args.devices} {args.tpu} device(s), tp {ec.tp_size}: "
           f"{ec.total_pages} pages of {ec.page_size} ({ec.total_pages * ec.page_size} tokens), "
           f"KV cache {cache_bytes / 2**30:.2f} GiB/chip, params {param_bytes / 2**30:.2f} GiB (total), "
-          f"HBM {hbm / 2**30:.2f} GiB; cache spec {core.cache_sharding.spec}")
+          f"HBM {hbm / 2**30:.2f} GiB; cache spec {core.cache_sharding.spec}; attention {core.attention}")
     if args.mean_len:
         per_seq = -(-args.mean_len // ec.page_size)
         print(f"sequences admitted at {args.mean_len} tokens: {min(ec.num_slots, ec.total_pages // per_seq)} "

@@ -37,6 +37,9 @@ class EngineConfig:
         (its full pages shared read-only, the partial one copied) instead of prefilling
         it; 0 disables sharing (a session still reuses its own previous turn).
       page_size: tokens per KV page (a power of two); min_decode_kv is rounded up to it.
+      attention: "auto" (JAX's Pallas ragged paged attention kernel on TPU where the KV heads
+        split evenly over tp_size, else XLA), "xla" (gathered pages + einsums: any backend),
+        or "pallas" (TPU only).
       num_pages: KV pages in the pool (the cache's size); 0 = num_slots x ceil(max_len /
         page_size), every row at max_len. Requests are admitted while pages are free;
         must hold one sequence of max_len.
@@ -57,6 +60,7 @@ class EngineConfig:
     share_prefix_min: int = 16
     page_size: int = 16
     num_pages: int = 0
+    attention: str = "auto"
 
     def __post_init__(self):
         if self.share_prefix_min < 0:
@@ -75,6 +79,8 @@ class EngineConfig:
         if self.num_pages and self.num_pages < self.pages_per_seq:
             raise ValueError(f"num_pages {self.num_pages} cannot hold one sequence of max_len {self.max_len} "
                              f"({self.pages_per_seq} pages of {self.page_size})")
+        if self.attention not in ("auto", "xla", "pallas"):
+            raise ValueError(f"attention must be 'auto', 'xla' or 'pallas', got {self.attention!r}")
         if self.num_pages < 0:
             raise ValueError(f"num_pages must be >= 0, got {self.num_pages}")
 

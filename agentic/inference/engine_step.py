@@ -28,8 +28,8 @@ def param_shardings(config: models.ModelConfig, params: Any, mesh: Mesh) -> Any:
 
 
 def cache_shape(config: models.ModelConfig, ec: EngineConfig) -> tuple[int, ...]:
-    """[L, pages, page_size, KVH, Dh] of each of the cache's "k" and "v"."""
-    return (config.num_layers, ec.total_pages, ec.page_size, config.num_kv_heads, config.head_dim)
+    """[L, pages, page_size, 2 * KVH, Dh]: the cache's "kv" (k and v interleaved per KV head)."""
+    return (config.num_layers, ec.total_pages, ec.page_size, 2 * config.num_kv_heads, config.head_dim)
 
 
 def cache_sharding(config: models.ModelConfig, ec: EngineConfig, mesh: Mesh) -> NamedSharding:
@@ -37,6 +37,18 @@ def cache_sharding(config: models.ModelConfig, ec: EngineConfig, mesh: Mesh) -> 
     n_data, n_model = mesh.shape["data"], mesh.shape["model"]
     return NamedSharding(mesh, P(None, "data" if n_data > 1 and ec.total_pages % n_data == 0 else None, None,
                                  "model" if config.num_kv_heads % n_model == 0 else None, None))
+
+
+def attention_impl(config: models.ModelConfig, ec: EngineConfig, mesh: Mesh, platform: str) -> str:
+    """"pallas" (JAX's ragged paged attention kernel) on TPU when the KV heads split evenly over
+    "model" and pages are not split over "data"; otherwise "xla". `ec.attention` forces one."""
+    fits = mesh.shape["data"] == 1 and config.num_kv_heads % mesh.shape["model"] == 0
+    if ec.attention == "pallas" and not (platform == "tpu" and fits):
+        raise ValueError(f"attention='pallas' needs TPU devices (got {platform}), one data shard and KV heads "
+                         f"({config.num_kv_heads}) divisible by tp_size ({mesh.shape['model']})")
+    if ec.attention == "auto":
+        return "pallas" if platform == "tpu" and fits else "xla"
+    return ec.attention
 
 
 def sampling_shapes(rows: int) -> tuple:
@@ -54,27 +66,30 @@ class EnginePrograms:
       mesh: the engine's ("data", "model") mesh.
       cache_sharding: the KV cache's sharding.
       reduce_attention: decode attention as multiply-reduce (CPU).
+      attention: "xla" or "pallas" (`attention_impl`).
       counts: incremented with each program's name and shape every time one is traced.
     """
 
     def __init__(self, config: models.ModelConfig, ec: EngineConfig, mesh: Mesh, cache_sharding: NamedSharding,
-                 reduce_attention: bool, counts: collections.Counter):
+                 reduce_attention: bool, counts: collections.Counter, attention: str = "xla"):
         self.config, self.ec, self.mesh = config, ec, mesh
         rep = NamedSharding(mesh, P())
         self.replicated = rep
-        cs = {"k": cache_sharding, "v": cache_sharding}
+        cs = {"kv": cache_sharding}
+        self.attention = attention
         ps = ec.page_size
 
         def prefill(params, cache, page_table, tokens, positions, last, temp, top_k, top_p, seeds, steps):
             counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
-            logits, cache = cached_forward(config, params, cache, tokens, positions, page_table, last=last)
+            logits, cache = cached_forward(config, params, cache, tokens, positions, page_table, last=last,
+                                           attention=attention, mesh=mesh)
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 
         def decode(params, cache, page_table, tokens, positions, temp, top_k, top_p, seeds, steps):
             counts[f"decode[{tokens.shape[0]}xkv{page_table.shape[1] * ps}]"] += 1
             logits, cache = cached_forward(config, params, cache, tokens[:, None], positions[:, None], page_table,
-                                           reduce_attention=reduce_attention)
+                                           reduce_attention=reduce_attention, attention=attention, mesh=mesh)
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
             return cache, tok, lp
 

@@ -1,6 +1,6 @@
 """The KV cache's pages, host side: a refcounted pool and the sequences that hold pages.
 
-The device cache is {"k", "v": [L, P, page_size, KVH, Dh]} (`decode_model`); this module
+The device cache is {"kv": [L, P, page_size, 2 * KVH, Dh]} (`decode_model`); this module
 decides which page holds which positions. A `KVSeq` is the KV of one token sequence: its
 `tokens` (whose k/v are written) live in `pages[p // page_size]` at offset `p % page_size`.
 Pages are allocated when a sequence grows into them and returned to the pool when no sequence

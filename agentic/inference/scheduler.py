@@ -59,7 +59,13 @@ from agentic import models
 from agentic.core import Completion, GenerateRequest
 from agentic.inference.decode_model import init_paged_cache
 from agentic.inference.engine_config import EngineConfig, buckets, fit, lcp
-from agentic.inference.engine_step import EnginePrograms, cache_shape, cache_sharding, param_shardings
+from agentic.inference.engine_step import (
+    EnginePrograms,
+    attention_impl,
+    cache_shape,
+    cache_sharding,
+    param_shardings,
+)
 from agentic.inference.kv_pages import KVSeq, PagePool
 from agentic.inference.stops import Finish, StopChecker, completion_text
 
@@ -126,8 +132,7 @@ class EngineCore:
         self.cache_sharding = cache_sharding(config, ec, self.mesh)
         cache_dtype = np.dtype(ec.cache_dtype or config.dtype)
         shape = cache_shape(config, ec)
-        self.cache_shapes = {k: jax.ShapeDtypeStruct(shape, cache_dtype, sharding=self.cache_sharding)
-                             for k in ("k", "v")}
+        self.cache_shapes = {"kv": jax.ShapeDtypeStruct(shape, cache_dtype, sharding=self.cache_sharding)}
         if abstract:
             self.params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
                                        params, self.param_shardings)
@@ -135,7 +140,7 @@ class EngineCore:
         else:
             self.params = jax.device_put(params, self.param_shardings)
             self.cache = jax.jit(lambda: init_paged_cache(config, ec.total_pages, ec.page_size, cache_dtype),
-                                 out_shardings={"k": self.cache_sharding, "v": self.cache_sharding})()
+                                 out_shardings={"kv": self.cache_sharding})()
         self.weight_version = int(weight_version)
 
         ps = ec.page_size
@@ -150,9 +155,11 @@ class EngineCore:
                                    if n_data == 1 else (ec.num_slots,))
         self.compile_counts: collections.Counter = collections.Counter()
         self.stats = collections.Counter()  # token / call counts, and *_s wall seconds
+        platform = devices[0].platform
+        self.attention = attention_impl(config, ec, self.mesh, platform)
         self.programs = EnginePrograms(config, ec, self.mesh, self.cache_sharding,
-                                       reduce_attention=all(d.platform == "cpu" for d in devices),
-                                       counts=self.compile_counts)
+                                       reduce_attention=platform == "cpu", counts=self.compile_counts,
+                                       attention=self.attention)
         self.replicated = self.programs.replicated
 
         self.pool = PagePool(ec.total_pages, ps)
@@ -177,8 +184,10 @@ class EngineCore:
         """
         params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
                               self.params, self.param_shardings)
-        return self.programs.lower(params, self.cache_shapes, self.row_buckets[-1], self.len_buckets[-1],
-                                   self.decode_row_buckets[-1], self.ec.pages_per_seq)
+        # Pallas lowers for the default device's chip: make it the engine's (a TPU topology's)
+        with jax.default_device(self.devices[0]):
+            return self.programs.lower(params, self.cache_shapes, self.row_buckets[-1], self.len_buckets[-1],
+                                       self.decode_row_buckets[-1], self.ec.pages_per_seq)
 
     def _check_live(self, what: str) -> None:
         if self.abstract:

@@ -95,9 +95,9 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
     live = len(jax.live_arrays())
     core = EngineCore(config, shapes, tok, ec, devices=jax.devices()[:2], abstract=True)
     assert len(jax.live_arrays()) == live and not core.compile_counts
-    assert core.cache_shapes["k"].shape == (config.num_layers, ec.total_pages, ec.page_size,
-                                            config.num_kv_heads, config.head_dim)
-    assert core.cache_shapes["k"].sharding.spec[3] == "model"
+    assert core.cache_shapes["kv"].shape == (config.num_layers, ec.total_pages, ec.page_size,
+                                             2 * config.num_kv_heads, config.head_dim)
+    assert core.cache_shapes["kv"].sharding.spec[3] == "model" and core.attention == "xla"
     assert "model" in str(core.param_shardings["layers"]["mlp"]["up_proj"]["kernel"].spec)
     lowered = core.lower_programs()
     assert set(lowered) == {"prefill", "decode", "copy_page"}
@@ -108,7 +108,7 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
     up = params_in["layers"]["mlp"]["up_proj"]["kernel"]
     ndim = len(core.params["layers"]["mlp"]["up_proj"]["kernel"].shape)
     assert up.is_equivalent_to(core.param_shardings["layers"]["mlp"]["up_proj"]["kernel"], ndim)
-    assert cache_in["k"].is_equivalent_to(core.cache_sharding, 5)
+    assert cache_in["kv"].is_equivalent_to(core.cache_sharding, 5)
     with pytest.raises(RuntimeError, match="abstract"):
         core.submit(GenerateRequest(prompt_ids=[1, 2], params=GREEDY), lambda c: None)
 
@@ -133,3 +133,33 @@ def test_update_params_reshards_device_arrays_without_host_copies(tiny, referenc
     c = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY)])[0]
     assert c.weight_version == 5
     assert list(c.token_ids) == reference.greedy(p, GREEDY.max_new_tokens, params=new, stop_ids={EOS})
+
+
+def test_pallas_attention_path_matches_xla_path():
+    """The TPU path's adapter (ragged layout, kv lengths, padded page table) around JAX's own
+    reference of its ragged paged attention kernel gives the XLA path's attention at every valid
+    token: prefill rows at different starts with padding, and a padding row. (The kernel itself
+    runs on TPU only; its interpret mode fails in this jax for this kernel.)"""
+    from jax.experimental.pallas.ops.tpu.ragged_paged_attention import kernel as rpa
+
+    from agentic.inference import decode_model as dm
+
+    rng = np.random.default_rng(0)
+    B, T, H, KVH, Dh, ps, W, num_pages = 3, 8, 4, 2, 16, 4, 6, 24
+    q = jnp.asarray(rng.standard_normal((B, T, H, Dh)), jnp.float32)
+    kv = jnp.asarray(rng.standard_normal((num_pages, ps, 2 * KVH, Dh)), jnp.float32)
+    table = jnp.asarray(rng.permutation(num_pages)[: B * W].reshape(B, W), jnp.int32)
+    starts, valid = [0, 9, -1], [8, 5, 0]  # row 2: all padding
+    positions = np.full((B, T), -1, np.int32)
+    for b, (s, n) in enumerate(zip(starts, valid, strict=True)):
+        positions[b, :n] = np.arange(s, s + n)
+    positions = jnp.asarray(positions)
+    mask = jnp.arange(W * ps)[None, None, :] <= positions[:, :, None]
+    xla = dm._xla_attention(q, kv[table].reshape(B, W * ps, KVH, 2, Dh), mask, reduce_attention=False)
+
+    def reference(q, kvp, kv_lens, table, cu, num, *, sm_scale):
+        return rpa.ref_ragged_paged_attention(q, kvp, kv_lens, table, cu, num, sm_scale=sm_scale)
+
+    pallas = dm._pallas_attention(q, kv, positions, table, None, reference)
+    for b, n in enumerate(valid):
+        np.testing.assert_allclose(np.asarray(pallas[b, :n]), np.asarray(xla[b, :n]), atol=1e-5)
