@@ -57,16 +57,15 @@ def _xla_attention(q, pages, mask, reduce_attention):
     G = H // KVH
     K, V = pages[..., 0, :], pages[..., 1, :]
     if reduce_attention and T == 1:
-        # broadcast products reduced over d (then s): XLA's CPU backend fuses each into one
-        # pass over the cache rows, where the batched einsums (B x KVH tiny matmuls) run
-        # ~1.4x slower; the step is bound by reading the cache (bench/generation.py)
-        qg = q.reshape(B, KVH, G, 1, Dh).astype(jnp.float32)
-        Kt = K.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)  # [B, KVH, 1, S, Dh]
-        scores = jnp.sum(qg * Kt, axis=-1) * (1.0 / math.sqrt(Dh))  # [B, KVH, G, S]
-        scores = jnp.where(mask[:, :, None, :], scores, NEG)
-        probs = jax.nn.softmax(scores, axis=-1)
-        Vt = V.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)
-        return jnp.sum(probs[..., None] * Vt, axis=-2)[:, None].reshape(B, T, H, Dh)  # [B, 1, KVH, G, Dh]
+        # broadcast products reduced over d (then s), in the pages' own layout (no transposes):
+        # XLA's CPU backend fuses each into one pass over the gathered rows, where the batched
+        # einsums (B x KVH tiny matmuls) run slower; the step is bound by reading the cache
+        qg = q.reshape(B, 1, KVH, G, Dh).astype(jnp.float32)
+        scores = jnp.sum(qg * K[:, :, :, None].astype(jnp.float32), axis=-1) * (1.0 / math.sqrt(Dh))  # [B,S,KVH,G]
+        scores = jnp.where(mask[:, 0, :, None, None], scores, NEG)
+        probs = jax.nn.softmax(scores, axis=1)
+        o = jnp.sum(probs[..., None] * V[:, :, :, None].astype(jnp.float32), axis=1)  # [B, KVH, G, Dh]
+        return o.reshape(B, T, H, Dh)
     # matmul units (TPU, GPU), and prefill chunks
     qg = q.reshape(B, T, KVH, G, Dh)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, K, preferred_element_type=jnp.float32)
