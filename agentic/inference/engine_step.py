@@ -41,11 +41,14 @@ def cache_sharding(config: models.ModelConfig, ec: EngineConfig, mesh: Mesh) -> 
 
 def attention_impl(config: models.ModelConfig, ec: EngineConfig, mesh: Mesh, platform: str) -> str:
     """"pallas" (JAX's ragged paged attention kernel) on TPU when the KV heads split evenly over
-    "model" and pages are not split over "data"; otherwise "xla". `ec.attention` forces one."""
-    fits = mesh.shape["data"] == 1 and config.num_kv_heads % mesh.shape["model"] == 0
+    "model", pages are not split over "data" and head_dim is a multiple of 128 (the kernel's
+    lanes); otherwise "xla". `ec.attention` forces one."""
+    fits = (mesh.shape["data"] == 1 and config.num_kv_heads % mesh.shape["model"] == 0
+            and config.head_dim % 128 == 0)
     if ec.attention == "pallas" and not (platform == "tpu" and fits):
-        raise ValueError(f"attention='pallas' needs TPU devices (got {platform}), one data shard and KV heads "
-                         f"({config.num_kv_heads}) divisible by tp_size ({mesh.shape['model']})")
+        raise ValueError(f"attention='pallas' needs TPU devices (got {platform}), one data shard, KV heads "
+                         f"({config.num_kv_heads}) divisible by tp_size ({mesh.shape['model']}) and head_dim "
+                         f"({config.head_dim}) a multiple of 128")
     if ec.attention == "auto":
         return "pallas" if platform == "tpu" and fits else "xla"
     return ec.attention
