@@ -123,8 +123,8 @@ class EnginePrograms:
 
         R, T, B, W = prefill_rows, prefill_tokens, decode_rows, decode_pages
         return {
-            "prefill": self.prefill.lower(params, cache, sds((R, W)), sds((R, T)), sds((R, T)), sds((R,)),
+            "engine_prefill": self.prefill.lower(params, cache, sds((R, W)), sds((R, T)), sds((R, T)), sds((R,)),
                                           *samp(R)),
-            "decode": self.decode.lower(params, cache, sds((B, W)), sds((B,)), sds((B,)), *samp(B)),
-            "copy_page": self.copy_page.lower(cache, sds(()), sds(())),
+            "engine_decode": self.decode.lower(params, cache, sds((B, W)), sds((B,)), sds((B,)), *samp(B)),
+            "engine_copy_page": self.copy_page.lower(cache, sds(()), sds(())),
         }

@@ -117,7 +117,7 @@ class EngineCore:
         self.ec = ec = engine_config
         self.tokenizer = tokenizer
         self.abstract = abstract
-        devices = list(devices) if devices else [jax.local_devices()[0]]
+        devices = list(devices) if devices is not None else [jax.local_devices()[0]]
         if len(devices) % ec.tp_size:
             raise ValueError(f"tp_size {ec.tp_size} does not divide the {len(devices)} devices")
         n_data = len(devices) // ec.tp_size

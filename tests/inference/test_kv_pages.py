@@ -100,10 +100,10 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
     assert core.cache_shapes["kv"].sharding.spec[3] == "model" and core.attention == "xla"
     assert "model" in str(core.param_shardings["layers"]["mlp"]["up_proj"]["kernel"].spec)
     lowered = core.lower_programs()
-    assert set(lowered) == {"prefill", "decode", "copy_page"}
+    assert set(lowered) == {"engine_prefill", "engine_decode", "engine_copy_page"}
     assert set(core.compile_counts) == {"prefill[4x32]", "decode[4xkv128]", "copy_page"}  # the largest
     assert len(jax.live_arrays()) == live
-    compiled = lowered["prefill"].compile()
+    compiled = lowered["engine_prefill"].compile()
     params_in, cache_in = compiled.input_shardings[0][:2]
     up = params_in["layers"]["mlp"]["up_proj"]["kernel"]
     ndim = len(core.params["layers"]["mlp"]["up_proj"]["kernel"].shape)
