@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Cloud TPU VM launcher for experiments/search_r1.py (see BUILD.md, "TPU deployment").
 #
-# 1. create (or reuse) the TPU VM and, with --env-hosts N, N CPU VMs for env hosts;
+# 1. create (or reuse) the TPU VM (the recipe's slice: its accelerator type, runtime and zone come from
+#    the recipe's tpu.topology, tools/recipe_info.py; on demand, --spot, or --queued through a queued
+#    resource) and env host CPU VMs, as many as the recipe's concurrent episodes need (--env-hosts N to
+#    choose);
 # 2. copy this repository's files (tracked and untracked-but-not-ignored) to every VM and
 #    install the pinned requirements (plus jax[tpu] on the TPU VM);
 # 3. start `python -m agentic.env.host` on each CPU VM and wait until it is ready; the hosts listen
@@ -26,14 +29,21 @@ Options:
   --name NAME               TPU VM name; env host VMs are NAME-env-1..N (default: $NAME)
   --zone ZONE               zone of every VM (default: $ZONE)
   --project PROJECT         GCP project (default: gcloud's configured project)
-  --accelerator-type TYPE   TPU type, e.g. v4-8, v4-32, v5litepod-8 (default: $ACCELERATOR_TYPE)
-  --version VERSION         TPU VM runtime version (default: $VERSION)
-  --config VARIANT          variant of experiments/configs/search_r1.py (default: $VARIANT)
+  --config VARIANT          variant of experiments/configs/search_r1.py (default: $VARIANT); its
+                            tpu.topology picks the slice (tools/recipe_info.py VARIANT)
+  --accelerator-type TYPE   TPU type, e.g. v5p-32, v6e-16, v5litepod-16, v4-32 (default: the
+                            recipe's; another slice shape needs a recipe checked for it by
+                            tools/aot_check.py)
+  --version VERSION         TPU VM runtime version (default: the generation's, e.g. v2-alpha-tpuv5)
+  --spot                    a Spot TPU VM (preemptible: rerun with the same --workdir to resume)
+  --queued                  ask through a queued resource (waits for capacity) instead of creating
+                            the VM at once
   --workdir DIR             required: checkpoints, TensorBoard events and plots; a gs:// path
                             every TPU worker can write; rerunning with it resumes
-  --env-hosts N             CPU VMs running env hosts (default: $ENV_HOSTS; 0: the program starts
-                            env hosts on the TPU workers itself); they listen on 0.0.0.0 and
-                            require a token generated for each run (never printed)
+  --env-hosts N             CPU VMs running env hosts (default: enough for the recipe's concurrent
+                            episodes at $ENV_MAX_SESSIONS per host; 0: the program starts env hosts
+                            on the TPU workers itself); they listen on 0.0.0.0 and require a token
+                            generated for each run (never printed)
   --env-machine-type TYPE   machine type of the env host VMs (default: $ENV_MACHINE_TYPE)
   --env-workers N           env worker processes per env host (default: $ENV_WORKERS)
   --env-port PORT           env host gRPC port (default: $ENV_PORT)
@@ -63,13 +73,16 @@ note() { echo "$PROG: $*" >&2; }
 
 # ---------------------------------------------------------------- flags
 NAME=agentic-search-r1
-ZONE=us-central2-b
+ZONE=
 PROJECT=
-ACCELERATOR_TYPE=v4-8
-VERSION=tpu-ubuntu2204-base
+ACCELERATOR_TYPE=
+VERSION=
+SPOT=0
+QUEUED=0
 VARIANT=qwen2_5_7b_tpu
 WORKDIR=
-ENV_HOSTS=2
+ENV_HOSTS=auto
+ENV_MAX_SESSIONS=1024 # what an env host admits per env kind (EnvSpec.max_sessions of search_r1)
 ENV_MACHINE_TYPE=n2-standard-16
 ENV_WORKERS=4
 ENV_PORT=50051
@@ -88,6 +101,8 @@ while (($#)); do
     -h | --help) usage; exit 0 ;;
     --dry-run) DRY_RUN=1; shift; continue ;;
     --detach) DETACH=1; shift; continue ;;
+    --spot) SPOT=1; shift; continue ;;
+    --queued) QUEUED=1; shift; continue ;;
     --) shift; EXTRA=("$@"); break ;;
   esac
   # Every other flag takes a value: --flag VALUE or --flag=VALUE.
@@ -132,7 +147,7 @@ done
 [[ $WORKDIR == gs://* ]] || note "warning: --workdir $WORKDIR is not gs://; each TPU worker writes its own local copy"
 [[ $NAME =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name '$NAME' must be lowercase letters, digits and '-' (a GCE name)"
 [[ $VARIANT =~ ^[A-Za-z0-9_]+$ ]] || die "--config '$VARIANT' is not a variant name (e.g. qwen2_5_7b_tpu)"
-for pair in "--env-hosts:$ENV_HOSTS" "--env-workers:$ENV_WORKERS" "--env-port:$ENV_PORT" \
+for pair in "--env-workers:$ENV_WORKERS" "--env-port:$ENV_PORT" \
   "--actor-vms:$ACTOR_VMS" "--queue-port:$QUEUE_PORT" "--weights-port:$WEIGHTS_PORT"; do
   [[ ${pair#*:} =~ ^[0-9]+$ ]] || die "${pair%%:*} '${pair#*:}' must be a non-negative integer"
 done
@@ -143,9 +158,23 @@ if [[ -n $SGLANG_URLS ]]; then
   done
 fi
 
+[[ $ENV_HOSTS == auto || $ENV_HOSTS =~ ^[0-9]+$ ]] || die "--env-hosts '$ENV_HOSTS' must be a non-negative integer"
+
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-JAX_VERSION=$(sed -n 's/^jax==//p' "$HERE/requirements.txt")
-[[ -n $JAX_VERSION ]] || die "no jax==VERSION line in $HERE/requirements.txt"
+# The recipe's slice and size (TOPOLOGY, ACCELERATOR_TYPE, RUNTIME, ZONE, TPU_HOSTS, SESSIONS).
+PYTHON=python3
+[[ ! -x $HERE/.venv/bin/python ]] || PYTHON=$HERE/.venv/bin/python
+recipe=$("$PYTHON" "$HERE/tools/recipe_info.py" "$VARIANT" 2>&1) ||
+  die "cannot read recipe '$VARIANT' (tools/recipe_info.py, with the repository's requirements installed): $recipe"
+recipe_value() { sed -n "s/^$1=//p" <<<"$recipe"; }
+[[ -n $ACCELERATOR_TYPE ]] || ACCELERATOR_TYPE=$(recipe_value ACCELERATOR_TYPE)
+[[ -n $VERSION ]] || VERSION=$(recipe_value RUNTIME)
+[[ -n $ZONE ]] || ZONE=$(recipe_value ZONE)
+SESSIONS=$(recipe_value SESSIONS)
+if [[ $ENV_HOSTS == auto ]]; then
+  ENV_HOSTS=$(((SESSIONS + ENV_MAX_SESSIONS - 1) / ENV_MAX_SESSIONS))
+  ((ENV_HOSTS >= 1)) || ENV_HOSTS=1
+fi
 if ((!DRY_RUN)); then
   command -v gcloud >/dev/null || die "gcloud not found: install the Google Cloud CLI (or use --dry-run)"
 fi
@@ -190,7 +219,7 @@ REMOTE_TOKEN=env_token                             # under ~/$REMOTE_DIR on ever
 REMOTE_TARBALL=/tmp/agentic.tar.gz
 REMOTE_DIR=agentic # under the remote user's home
 
-# Unpack the copied tarball and create the venv; the TPU VM also gets jax[tpu] (libtpu).
+# Unpack the copied tarball and create the venv; the TPU VM also gets libtpu (requirements-tpu.txt).
 install_command() {
   local extra=$1
   echo "rm -rf ~/$REMOTE_DIR && mkdir -p ~/$REMOTE_DIR && tar -xzf $REMOTE_TARBALL -C ~/$REMOTE_DIR" \
@@ -199,16 +228,25 @@ install_command() {
     "&& python3.11 -m venv .venv && .venv/bin/pip install -q --upgrade pip" \
     "&& .venv/bin/pip install -q --no-deps -r requirements.txt$extra"
 }
-TPU_INSTALL=$(install_command " && .venv/bin/pip install -q 'jax[tpu]==$JAX_VERSION' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html")
+TPU_INSTALL=$(install_command " && .venv/bin/pip install -q --no-deps -r requirements-tpu.txt")
 CPU_INSTALL=$(install_command "")
 
 # ---------------------------------------------------------------- 1. VMs
-note "TPU VM $NAME ($ACCELERATOR_TYPE, $VERSION) in $ZONE; $ENV_HOSTS env host VM(s); workdir $WORKDIR"
+note "TPU VM $NAME ($ACCELERATOR_TYPE, $VERSION) in $ZONE; $ENV_HOSTS env host VM(s) for $SESSIONS concurrent episodes; workdir $WORKDIR"
+capacity=()
+((!SPOT)) || capacity=(--spot)
 if exists gcloud compute tpus tpu-vm describe "$NAME" "${GCLOUD_FLAGS[@]}"; then
   note "reusing TPU VM $NAME"
+elif ((QUEUED)); then
+  run gcloud compute tpus queued-resources create "$NAME" "${GCLOUD_FLAGS[@]}" --node-id="$NAME" \
+    --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$VERSION" "${capacity[@]}"
+  # Wait until the slice is granted (a queued resource may wait hours for capacity).
+  wait_cmd="until gcloud compute tpus queued-resources describe $(quote "$NAME") $(quote_all "${GCLOUD_FLAGS[@]}")"
+  wait_cmd+=" --format='value(state.state)' | grep -q ACTIVE; do sleep 60; done"
+  run bash -c "$wait_cmd"
 else
   run gcloud compute tpus tpu-vm create "$NAME" "${GCLOUD_FLAGS[@]}" \
-    --accelerator-type="$ACCELERATOR_TYPE" --version="$VERSION"
+    --accelerator-type="$ACCELERATOR_TYPE" --version="$VERSION" "${capacity[@]}"
 fi
 
 # cpu_vm NAME MACHINE_TYPE WHAT: creates the CPU VM unless it exists.
@@ -278,6 +316,36 @@ fi
 # The token reaches EnvClients in their environment (read remotely: never printed here).
 token_env=
 ((!ENV_HOSTS)) || token_env="AGENTIC_ENV_TOKEN=\"\$(cat $REMOTE_TOKEN)\" "
+# >>> issue 31: the run's transport token and firewall (trust boundaries; see BUILD.md "Trust boundaries")
+# The learner's trajectory queue and weight stream listen on 0.0.0.0 when actors run on their own VMs:
+# they then need a token. A fresh one per run, made like the env token (mode 600 file, copied, read
+# remotely into $AGENTIC_TRANSPORT_TOKEN: never in config.json, argv, logs or this script's output).
+# A firewall admits the run's ports only from the run's own VMs (network tag agentic-NAME).
+if ((ACTOR_VMS)); then
+  TRANSPORT_TOKEN_FILE=${TMPDIR:-/tmp}/agentic-$NAME.transport-token
+  run bash -c "umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \\n' > $(quote "$TRANSPORT_TOKEN_FILE")"
+  run gcloud compute tpus tpu-vm scp "$TRANSPORT_TOKEN_FILE" "$NAME:$REMOTE_DIR/transport_token" --worker=all "${GCLOUD_FLAGS[@]}"
+  for vm in "${ACTOR_VM_NAMES[@]}"; do
+    run gcloud compute scp "$TRANSPORT_TOKEN_FILE" "$vm:$REMOTE_DIR/transport_token" "${GCLOUD_FLAGS[@]}"
+  done
+  token_env="AGENTIC_TRANSPORT_TOKEN=\"\$(chmod 600 transport_token && cat transport_token)\" $token_env"
+fi
+if ((ENV_HOSTS || ACTOR_VMS)); then
+  RUN_TAG=agentic-$NAME
+  run gcloud compute tpus tpu-vm update "$NAME" "--add-tags=$RUN_TAG" "${GCLOUD_FLAGS[@]}"
+  for vm in "${ENV_VMS[@]}" "${ACTOR_VM_NAMES[@]}"; do
+    run gcloud compute instances add-tags "$vm" "--tags=$RUN_TAG" "${GCLOUD_FLAGS[@]}"
+  done
+  FW_FLAGS=(--network=default "--target-tags=$RUN_TAG" "--rules=tcp:$ENV_PORT,tcp:$QUEUE_PORT,tcp:$WEIGHTS_PORT")
+  [[ -z $PROJECT ]] || FW_FLAGS+=("--project=$PROJECT")
+  if ! exists gcloud compute firewall-rules describe "$RUN_TAG-allow" "${FW_FLAGS[@]:3}"; then
+    run gcloud compute firewall-rules create "$RUN_TAG-allow" "${FW_FLAGS[@]}" --action=ALLOW --priority=900 \
+      "--source-tags=$RUN_TAG"
+    run gcloud compute firewall-rules create "$RUN_TAG-deny" "${FW_FLAGS[@]}" --action=DENY --priority=1000 \
+      --source-ranges=0.0.0.0/0
+  fi
+fi
+# <<< issue 31
 role=(--role=all)
 if ((ACTOR_VMS)); then
   role=(--role=learner --config.remote.bind=0.0.0.0 "--config.queue.port=$QUEUE_PORT"
@@ -290,6 +358,7 @@ if ((ACTOR_VMS)); then
   else
     IFS=';, ' read -ra TPU_IPS <<<"$("${describe_tpu[@]}")"
   fi
+  ((${#TPU_IPS[@]})) || die "found no IP address of TPU VM $NAME's workers (gcloud ... describe); cannot point actors at it"
   for ((i = 0; i < ACTOR_VMS; i++)); do
     learner=${TPU_IPS[i % ${#TPU_IPS[@]}]} # actor i feeds TPU worker i mod W (its local data)
     actor=(.venv/bin/python experiments/search_r1.py "--config=experiments/configs/search_r1.py:$VARIANT"

@@ -28,10 +28,12 @@ class BatchCollector:
     queue to go stale while the next batch is generated.
     """
 
-    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor | None, actors: AsyncThread):
-        """`actor` None: the actors are other processes putting groups into `queue` (async only)."""
+    def __init__(self, config, queue: InProcessTrajectoryQueue, actor: Actor | None, actors: AsyncThread, *,
+                 batch_groups: int | None = None):
+        """`actor` None: the actors are other processes putting groups into `queue` (async only).
+        `batch_groups`: this process's share of the batch (default `config.learner.batch_groups`)."""
         self.queue, self.actor, self.actors = queue, actor, actors
-        self.B = config.learner.batch_groups
+        self.B = batch_groups or config.learner.batch_groups
         self.sync = config.sebulba.mode == "sync"
         self.dynamic = config.sebulba.dynamic_sampling
         self.max_rounds = config.sebulba.max_batch_rounds

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +26,6 @@ import numpy as np
 # The plain data they exchange (agentic/types.py), re-exported: `from agentic.core import Step` works.
 from agentic.types import (  # noqa: F401
     Completion,
-    Experiment,
     FinishType,
     GenerateRequest,
     GenerationAborted,
@@ -105,6 +104,9 @@ class Trajectory:
       samples of one task). policy_version: the oldest weight version behind any model token.
     prompt_len, turn_starts: where the prompt ends and each model turn starts.
     truncated: cut short (turn or token limit). metrics: env and actor metrics. task_id: the task.
+    token_versions: optional int32 [T], the weight version that sampled each model token (-1
+      elsewhere): with weights swapped mid-episode (or mid-turn) the tokens of one episode come
+      from several versions. `oldest_version` is the oldest of them (else `policy_version`).
     """
 
     tokens: np.ndarray
@@ -119,6 +121,7 @@ class Trajectory:
     truncated: bool = False
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     task_id: str = ""
+    token_versions: np.ndarray | None = None
 
     def __post_init__(self):
         set_ = object.__setattr__
@@ -127,9 +130,11 @@ class Trajectory:
         set_(self, "behavior_logprobs", _frozen_array(self.behavior_logprobs, np.float32))
         if self.token_rewards is not None:
             set_(self, "token_rewards", _frozen_array(self.token_rewards, np.float32))
+        if self.token_versions is not None:
+            set_(self, "token_versions", _frozen_array(self.token_versions, np.int32))
         set_(self, "turn_starts", tuple(int(s) for s in self.turn_starts))
         n = len(self.tokens)
-        for name in ("loss_mask", "behavior_logprobs", "token_rewards"):
+        for name in ("loss_mask", "behavior_logprobs", "token_rewards", "token_versions"):
             array = getattr(self, name)
             if array is not None and len(array) != n:
                 raise ValueError(f"trajectory {name} has length {len(array)}, tokens {n}")
@@ -141,6 +146,15 @@ class Trajectory:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    @property
+    def oldest_version(self) -> int:
+        """The oldest weight version behind any model token (per token when known)."""
+        if self.token_versions is not None:
+            model = self.token_versions[self.loss_mask > 0]
+            if len(model):
+                return int(model.min())
+        return int(self.policy_version)
 
 
 Group = Sequence[Trajectory]  # the n samples of one task, delivered together
@@ -217,3 +231,30 @@ class Learner(Protocol):
     def wait_for_checkpoint(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def _rewarded(trajectory: Trajectory) -> bool:
+    return trajectory.reward > 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Experiment:
+    """What the training loop needs of an experiment besides its config; the loop knows no env.
+
+    train_tasks, eval_tasks: the tasks episodes start from (JSON mappings the env's `reset` takes).
+    env_kwargs: merged over `config.env.kwargs` for every episode (e.g. the data the tasks come from).
+    demo_policy: for the cold start (`config.warm_start`): builds a scripted policy (with
+      `act(observation) -> action`) from an episode's prompt text; None skips the cold start.
+    keep_demo: which scripted episodes the cold start trains on (default: rewarded ones).
+    progress_metrics: env metrics shown on the progress line and reported per eval (e.g. "em").
+    """
+
+    train_tasks: Sequence[Task]
+    eval_tasks: Sequence[Task] = ()
+    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    demo_policy: Callable[[str], Any] | None = None
+    keep_demo: Callable[[Trajectory], bool] = _rewarded
+    progress_metrics: tuple[str, ...] = ()

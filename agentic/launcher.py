@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import signal
 import time
@@ -114,7 +115,47 @@ def split_devices(devices, actor_count: int, learner_count: int):
     return actors, learner
 
 
+def placement(config, devices) -> tuple[list[list[Any]], list[Any]]:
+    """Where the run puts things, from every device of the job (real or a TPU topology's): each
+    process's engine devices (`split_devices` of its own devices), indexed by process, and the
+    learner's devices of every process in process order (one mesh over all of them)."""
+    by_process: dict[int, list[Any]] = {}
+    for d in devices:
+        by_process.setdefault(d.process_index, []).append(d)
+    engine, learner = [], []
+    for p in sorted(by_process):
+        a, b = split_devices(sorted(by_process[p], key=lambda d: d.id), config.sebulba.actor_devices,
+                             config.sebulba.learner_devices)
+        engine.append(a)
+        learner.extend(b)
+    return engine, learner
+
+
+def learner_mesh(config, learner_devices):
+    """The learner's (data, fsdp, tensor) mesh over its devices (in the topology's physical order)."""
+    return sharding.make_mesh(config.learner.mesh_shape, devices=learner_devices)
+
+
+def max_micro_batches(config) -> int:
+    """Micro-batches of the largest packed update the config can produce (a trajectory a row): the
+    shape the AOT check compiles."""
+    trajs = config.learner.batch_groups * config.actor.group_size / config.learner.get("num_minibatches", 1)
+    return max(1, math.ceil(trajs / config.learner.micro_batch_size))
+
+
 # ----------------------------------------------------------------------------- model
+
+
+def model_config(config) -> models.ModelConfig:
+    """The policy's ModelConfig without reading weights (registry names need no files)."""
+    name, dtype = config.model.name, config.model.dtype
+    if name.startswith("tiny"):  # as build_model: the registry's shapes with SmolLM2's vocabulary
+        vocab = models.load_tokenizer("smollm2-135m-instruct").vocab_size
+        return models.get_config(name).replace(vocab_size=vocab, dtype=dtype)
+    try:
+        return models.load_config(name, dtype=dtype)
+    except (FileNotFoundError, ValueError, KeyError):
+        return models.get_config(name).replace(dtype=dtype, param_dtype=dtype)
 
 
 def build_model(name: str, dtype: str):
@@ -285,10 +326,162 @@ def warm_start(config, workdir, experiment: Experiment, model_cfg, params, token
     return params
 
 
-# ----------------------------------------------------------------------------- train
+# ----------------------------------------------------------------------------- train: its stages
 
 
 ROLES = ("all", "learner", "actor")
+
+
+def start_run(config, workdir: str, role: str) -> bool:
+    """Checks the role and mode, joins the other processes, writes config.json (process 0); returns
+    whether this process is the run's one writer."""
+    if role not in ("all", "learner"):
+        raise ValueError(f"train() runs role 'all' or 'learner', got {role!r} (role 'actor': agentic.remote_actor)")
+    if config.sebulba.mode not in ("async", "sync"):
+        raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
+    if role == "learner" and config.sebulba.mode != "async":
+        raise ValueError("role 'learner' needs sebulba.mode='async': remote actors never pause for the learner")
+    if config.distributed:
+        sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
+    primary = sharding.is_primary(config.distributed)  # the one writer of config.json, metrics and plots
+    if primary:
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+    return primary
+
+
+def load_policy(config, mesh):
+    """(model config, params, tokenizer): the weights read straight into the learner's shardings on
+    `mesh` (each host puts only its devices' shards; no chip ever holds a whole copy it does not keep),
+    in the learner's master dtype; the model config's compute dtype is `config.model.dtype`."""
+    t = time.monotonic()
+    model_cfg = model_config(config)
+    dtype = config.learner.param_dtype
+    from agentic.learner.learner import param_shardings
+
+    shardings = param_shardings(model_cfg, mesh)
+    if config.model.name.startswith("tiny"):
+        tokenizer = models.load_tokenizer("smollm2-135m-instruct")
+        init = jax.jit(lambda: models.init_params(model_cfg.replace(param_dtype=dtype), jax.random.key(0)),
+                       out_shardings=shardings)
+        params = init()
+    else:
+        _, params, tokenizer = models.load_model(config.model.name, dtype=dtype, shardings=shardings)
+    print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
+          f"({time.monotonic() - t:.1f}s)", flush=True)
+    return model_cfg, params, tokenizer
+
+
+def engine_weights(params, model_cfg, learner_devices, engine_shardings):
+    """The learner's params as this process's engine takes them, on device: cast to the engine's dtype
+    on the learner's devices and laid out there as the engine slices them (`sharding.engine_copy`);
+    the engine's `jax.device_put` then copies whole shards device to device, no host round trip."""
+    dtype = jax.numpy.dtype(model_cfg.dtype)
+    cast = jax.jit(lambda t: jax.tree.map(lambda x: x.astype(dtype), t))(params)
+    return sharding.engine_copy(cast, learner_devices, engine_shardings)
+
+
+def engine_param_shardings(config, model_cfg, engine_devices):
+    """The embedded engine's param shardings on `engine_devices` (its (data, model) mesh, tp_size
+    devices per model replica), as `agentic.inference.engine.EngineCore` builds them."""
+    from jax.sharding import Mesh
+
+    from agentic.inference.engine import param_shardings as engine_shardings
+
+    tp = engine_config(config).tp_size
+    mesh = Mesh(np.array(engine_devices).reshape(len(engine_devices) // tp, tp), ("data", "model"))
+    return engine_shardings(model_cfg, models.param_shapes(model_cfg), mesh)
+
+
+def learner_share(config) -> int:
+    """This process's part of `learner.batch_groups`, the global batch: every process collects as
+    many groups (the global batch must split evenly)."""
+    n = jax.process_count()
+    if config.learner.batch_groups % n:
+        raise ValueError(f"learner.batch_groups={config.learner.batch_groups} (the global batch) must be a multiple "
+                         f"of the process count {n}: each process collects an equal share")
+    return config.learner.batch_groups // n
+
+
+def serve_queue(config, role, learner, stack):
+    """The learner's trajectory queue (in process; served over gRPC for actor processes, or to test
+    the wire) and the queue this process's actor puts into."""
+    queue: TrajectoryQueue = InProcessTrajectoryQueue(queue_config(config))
+    queue.set_learner_version(learner.version)
+    actor_queue: TrajectoryQueue = queue
+    if config.queue.grpc or role == "learner":
+        from agentic.transport.grpc_queue import GrpcTrajectoryQueue, TrajectoryQueueServer
+
+        server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port,
+                                       vocab_size=learner.model_config.vocab_size).start()
+        stack.callback(server.stop)
+        print(f"trajectory queue at {server.address}", flush=True)
+        if role == "all":  # this process's actor goes through the wire too
+            actor_queue = GrpcTrajectoryQueue(server.address)
+    stack.callback(queue.close)
+    return queue, actor_queue
+
+
+def serve_weights(config, publisher, stack) -> WeightPublisher:
+    """Role learner: a weight stream actor processes follow, beside the local engine's publisher."""
+    from agentic.transport.weight_stream import WeightStreamPublisher, WeightStreamServer
+
+    weights = WeightStreamServer(host=config.remote.bind, port=config.remote.weights_port).start()
+    stack.callback(weights.stop)
+    print(f"weight stream at {weights.address}", flush=True)
+    return PublishAll(publisher, WeightStreamPublisher(weights))
+
+
+def local_actor(config, generator, tokenizer, make_env, tasks, actor_queue, start_step) -> Actor:
+    """The actor of role "all": its finished groups go into the queue (until the queue closes)."""
+    async def sink(group):
+        try:
+            while not await actor_queue.aput(group, timeout=5.0):
+                pass
+        except QueueClosed:  # shutting down: the learner takes no more groups
+            pass
+
+    return Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
+                 tasks=tasks, sink=sink, seed=config.seed + start_step)
+
+
+def step_row(groups, trajs, m, learner, actor, queue, batches, clocks, lag, wait_s, train_s, sync_s) -> dict:
+    """The metrics row of one RL step (its progress line and metrics.jsonl)."""
+    actor_stats = actor.stats() if actor is not None else {}
+    row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor_stats.items()},
+           **{f"queue/{k}": v for k, v in queue.stats().items()}, **batches.stats()}
+    row.update(policy_lag=lag, env_failures=actor_stats.get("env_failures", 0.0),
+               wait_s=wait_s, train_s=train_s, sync_s=sync_s, **clocks.step_times(),
+               model_tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9),
+               learner_tokens_per_s=m.get("perf/tokens_per_s", 0.0))
+    return row
+
+
+def over_budget(config, start: float, clocks: StageClocks, stats: dict, n_eval: int, step: int) -> bool:
+    """Whether RL stops now for `config.time_budget_s` (the whole run's): when the final eval (timed like
+    the last full eval, or the last quick eval scaled to the full set) and one more step would not fit.
+    Process 0's decision, taken by every process."""
+    reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, n_eval)
+    if sharding.agree(config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s):
+        print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
+              f"{reserve:.0f}s for one more step and the final eval", flush=True)
+        return True
+    return False
+
+
+def run_summary(step, start_step, start, times, clocks, actor, compile_clock, batches, interrupted) -> dict:
+    """The run's summary numbers: steps, where the time went, idle fractions, groups' fates."""
+    train_start, first_step_done, train_end = times
+    train_s = train_end - train_start
+    return dict(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
+                steady_s=(train_end - first_step_done) if first_step_done is not None else 0.0,
+                steady_steps=max(step - start_step - 1, 0),
+                learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
+                actor_idle_frac=(1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0)) if actor else 0.0,
+                compile_s=compile_clock.seconds, interrupted=interrupted, **batches.stats())
+
+
+# ----------------------------------------------------------------------------- train
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experiment, role: str = "all"
@@ -301,21 +494,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
     queue and the weight stream are served for actor processes (`agentic.remote_actor`, role
     "actor") to join and leave while training runs.
     """
-    if role not in ("all", "learner"):
-        raise ValueError(f"train() runs role 'all' or 'learner', got {role!r} (role 'actor': agentic.remote_actor)")
-    if role == "learner" and config.sebulba.mode != "async":
-        raise ValueError("role 'learner' needs sebulba.mode='async': remote actors never pause for the learner")
     start = time.monotonic()
     compile_clock = CompileClock()
-    if config.distributed:
-        sharding.initialize_distributed(config.coordinator_address, config.num_processes, config.process_id)
-    primary = sharding.is_primary(config.distributed)  # the one writer of config.json, metrics and plots
-    if primary:
-        as_path(workdir).mkdir(parents=True, exist_ok=True)
-        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-    if config.sebulba.mode not in ("async", "sync"):
-        raise ValueError(f"sebulba.mode must be 'async' or 'sync', got {config.sebulba.mode!r}")
-
+    primary = start_run(config, workdir, role)
     stats: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         stack.callback(compile_clock.close)
@@ -323,20 +504,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         addresses = env_hosts(config, stack)
 
         # ---- devices: this process's engine devices; the learner's, of every process (one mesh)
-        def sebulba_split(devices):
-            return split_devices(devices, config.sebulba.actor_devices, config.sebulba.learner_devices)
-
-        actor_devs, learner_devs = sebulba_split(jax.local_devices())
-        if jax.process_count() > 1:
-            learner_devs = sharding.per_process_devices(lambda d: sebulba_split(d)[1])
+        engine_devs, learner_devs = placement(config, jax.devices())
+        actor_devs = engine_devs[jax.process_index()]
+        mesh = learner_mesh(config, learner_devs)
         print(f"devices: actors {actor_devs}, learner {len(learner_devs)} devices over "
               f"{jax.process_count()} process(es)", flush=True)
 
-        # ---- model
-        t = time.monotonic()
-        model_cfg, params, tokenizer = build_model(config.model.name, config.model.dtype)
-        print(f"model {config.model.name}: {sum(np.size(x) for x in jax.tree.leaves(params)) / 1e6:.1f}M params "
-              f"({time.monotonic() - t:.1f}s)", flush=True)
+        # ---- model: straight into the learner's shardings
+        model_cfg, params, tokenizer = load_policy(config, mesh)
 
         # ---- tasks
         train_tasks, eval_tasks = list(experiment.train_tasks), list(experiment.eval_tasks)
@@ -344,33 +519,32 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
         quick_tasks = eval_tasks[: config.eval_quick_tasks]
         print(f"tasks: {len(train_tasks)} train, {len(eval_tasks)} held-out for eval "
               f"({len(quick_tasks)} in the quick evals at the start and during RL)", flush=True)
+        if not primary:  # evals are process 0's (the others wait for it at the next collective step)
+            eval_tasks, quick_tasks = [], []
 
+        # ---- actors' event loop, env client, metrics
         actors, env_client = actor_thread(addresses, stack, token=config.env.token or None)
-
         make_env = env_factory(config.env.name, {**config.env.kwargs.to_dict(), **experiment.env_kwargs}, env_client)
         writer = MetricsWriter(workdir, total_steps=config.total_steps, progress_metrics=experiment.progress_metrics,
                                primary=primary)
         stack.callback(writer.close)
-        mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
         fresh = not has_checkpoint(workdir)
 
-        # ---- generator (from the initial weights; synced after a warm start or a resume)
-        generator = build_generator(config, model_cfg, jax.tree.map(lambda x: x.copy(), params), tokenizer,
-                                    actor_devs)
+        # ---- generator: its weights from the learner's, on device (synced after a cold start or a resume)
+        engine_sh = engine_param_shardings(config, model_cfg, actor_devs)
+        generator = build_generator(config, model_cfg, engine_weights(params, model_cfg, learner_devs, engine_sh),
+                                    tokenizer, actor_devs)
         stack.callback(lambda: actors.run(generator.close(), timeout=60))
         publisher = weight_publisher(config, generator, model_cfg, tokenizer, actors)
 
-        def publish(params, version: int) -> None:  # whole arrays on this process (several: gathered)
-            publisher.publish(sharding.host_local(params), version)
+        def publish(params, version: int) -> None:
+            publisher.publish(engine_weights(params, model_cfg, learner_devs, engine_sh), version)
 
         def run_eval(step: int, tasks: list[dict], split: str) -> dict[str, float]:
             ev = evaluate(tasks, actor_config=actor_config(config, eval_mode=True), make_env=make_env,
                           generator=generator, tokenizer=tokenizer, actors=actors, seed=config.seed + 7)
             writer.write(step, ev, prefix=split)
             return ev
-
-        if not primary:  # evals are process 0's (the others wait for it at the next collective step)
-            eval_tasks, quick_tasks = [], []
 
         # ---- eval at the start (the model as given), on the quick set
         if fresh and quick_tasks:
@@ -386,7 +560,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             if eval_tasks:
                 stats["eval_warm_start"] = run_eval(0, eval_tasks, "eval_warm_start")
 
-        # ---- learner
+        # ---- learner (resumes from the workdir's last checkpoint)
         learner = Learner(learner_config(config, workdir), model_cfg, params, mesh=mesh)
         stack.callback(learner.close)
         del params
@@ -397,55 +571,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             publish(learner.params, learner.version)
         tasks = TaskStream(train_tasks, config.seed, (data_state or {}).get("tasks"))
 
-        # ---- queue (served over gRPC for actor processes, or to test the wire) and the actor
-        queue: TrajectoryQueue = InProcessTrajectoryQueue(queue_config(config))
-        queue.set_learner_version(learner.version)
-        actor_queue: TrajectoryQueue = queue
-        if config.queue.grpc or role == "learner":
-            from agentic.transport.grpc_queue import GrpcTrajectoryQueue, TrajectoryQueueServer
-
-            server = TrajectoryQueueServer(queue, host=config.remote.bind, port=config.queue.port).start()
-            stack.callback(server.stop)
-            print(f"trajectory queue at {server.address}", flush=True)
-            if role == "all":  # this process's actor goes through the wire too
-                actor_queue = GrpcTrajectoryQueue(server.address)
-        stack.callback(queue.close)
+        # ---- queue, weight stream (role learner) or this process's actor
+        queue, actor_queue = serve_queue(config, role, learner, stack)
         actor = None
         if role == "learner":  # actor processes get the weights from a weight stream
-            from agentic.transport.weight_stream import WeightStreamPublisher, WeightStreamServer
-
-            weights = WeightStreamServer(host=config.remote.bind, port=config.remote.weights_port).start()
-            stack.callback(weights.stop)
-            publisher = PublishAll(publisher, WeightStreamPublisher(weights))
+            publisher = serve_weights(config, publisher, stack)
             publish(learner.params, learner.version)
-            print(f"weight stream at {weights.address} (version {learner.version})", flush=True)
         else:
-            async def sink(group):
-                try:
-                    while not await actor_queue.aput(group, timeout=5.0):
-                        pass
-                except QueueClosed:  # shutting down: the learner takes no more groups
-                    pass
-
-            actor = Actor(config=actor_config(config), generator=generator, tokenizer=tokenizer, make_env=make_env,
-                          tasks=tasks, sink=sink, seed=config.seed + start_step)
-        batches = BatchCollector(config, queue, actor, actors)
+            actor = local_actor(config, generator, tokenizer, make_env, tasks, actor_queue, start_step)
+        batches = BatchCollector(config, queue, actor, actors, batch_groups=learner_share(config))
         stack.callback(batches.close)
 
         # ---- loop: collect a batch, update, publish weights, log, checkpoint, eval
-        stopping = _StopFlag()
-        stack.enter_context(stopping)
+        stopping = stack.enter_context(_StopFlag())
         step = saved = start_step
         clocks = StageClocks(actor, compile_clock)
-        train_start = time.monotonic()
-        first_step_done = None
+        train_start, first_step_done = time.monotonic(), None
         while step < config.total_steps and not stopping.set:
-            # The budget covers the whole run: stop RL while the final eval (timed like the last full
-            # eval, or the last quick eval scaled to the full set) and one more step still fit.
-            reserve = clocks.step_s + 1.2 * final_eval_estimate(stats, len(eval_tasks))
-            if sharding.agree(config.time_budget_s and time.monotonic() - start + reserve > config.time_budget_s):
-                print(f"time budget of {config.time_budget_s:.0f}s: stopping at step {step} to leave "
-                      f"{reserve:.0f}s for one more step and the final eval", flush=True)
+            if over_budget(config, start, clocks, stats, len(eval_tasks), step):
                 break
             clocks.start_step()
             groups = batches.next(lambda: stopping.set)
@@ -461,17 +604,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             queue.set_learner_version(learner.version)
             batches.record(m)
             step = learner.version
-            if first_step_done is None:  # compilation happens in the first step: time the rest apart
-                first_step_done = time.monotonic()
-            actor_stats = actor.stats() if actor is not None else {}
-            row = {**mean_metrics(groups), **m, **{f"actor/{k}": v for k, v in actor_stats.items()},
-                   **{f"queue/{k}": v for k, v in queue.stats().items()}, **batches.stats()}
-            row.update(policy_lag=lag, env_failures=actor_stats.get("env_failures", 0.0),
-                       wait_s=wait_s, train_s=train_s, sync_s=sync_s, **clocks.step_times(),
-                       model_tokens_per_s=sum(float(tr.loss_mask.sum()) for tr in trajs) / max(clocks.step_s, 1e-9),
-                       learner_tokens_per_s=m.get("perf/tokens_per_s", 0.0))
+            first_step_done = first_step_done or time.monotonic()  # the first step compiles: timed apart
             if step % config.log_every == 0:
-                writer.write(step, row)
+                writer.write(step, step_row(groups, trajs, m, learner, actor, queue, batches, clocks, lag, wait_s,
+                                            train_s, sync_s))
             if step % config.checkpoint_every == 0:
                 learner.save(step, data_state={"tasks": tasks.state()}, force=True)
                 saved = step
@@ -481,20 +617,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, experiment: Experimen
             learner.save(step, data_state={"tasks": tasks.state()}, force=True)
         learner.wait_for_checkpoint()
         train_end = time.monotonic()
-        train_s = train_end - train_start
         batches.close()
         if role == "learner":
             time.sleep(3.0)  # actor processes poll the queue's state every second: let them see it closed
 
-        # ---- eval at the end
+        # ---- eval at the end, and the run's summary
         if eval_tasks and not stopping.set:
             stats["eval_end"] = run_eval(step, eval_tasks, "eval")
-        steady_s = (train_end - first_step_done) if first_step_done is not None else 0.0
-        stats.update(steps=step, start_step=start_step, train_s=train_s, total_s=time.monotonic() - start,
-                     steady_s=steady_s, steady_steps=max(step - start_step - 1, 0),
-                     learner_idle_frac=clocks.wait_total / max(train_s, 1e-9),
-                     actor_idle_frac=(1.0 - min(actor.busy.total / max(train_s, 1e-9), 1.0)) if actor else 0.0,
-                     compile_s=compile_clock.seconds, interrupted=stopping.set, **batches.stats())
+        stats.update(run_summary(step, start_step, start, (train_start, first_step_done, train_end), clocks, actor,
+                                 compile_clock, batches, stopping.set))
         writer.write(step, {k: v for k, v in stats.items() if isinstance(v, (int, float))}, prefix="summary",
                      quiet=True)
     return stats

@@ -32,6 +32,9 @@ PROGRESS_KEYS = (
     ("policy_lag", "lag {:.2f}"),
     ("env_failures", "env-fail {:.0f}"),
     ("learner/loss", "loss {:.4f}"),
+    # sampler/learner mismatch of the step's batch (agentic/learner/mismatch.py)
+    ("learner/mismatch_kl", "mismatch kl {:.1e}"),
+    ("learner/mismatch_max_abs", "max|dlogp| {:.1e}"),
     ("loss", "loss {:.4f}"),
     # where a step's time went (seconds): generate / env calls in flight, learner waiting for the
     # batch, train step, weight sync, of which compiling; the share of generated groups trained on

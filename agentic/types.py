@@ -1,17 +1,14 @@
 """The plain data the contracts of `agentic.core` exchange: tasks, observations and steps
-(env side), sampling parameters, requests and completions (generator side), and the Experiment
-the training loop is given. Immutable, importing nothing of the framework; `agentic.core`
-re-exports every name.
+(env side), sampling parameters, requests and completions (generator side). Immutable,
+importing nothing of the framework (`agentic.core` imports this module, never the reverse) and
+re-exported by `agentic.core`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal
-
-if TYPE_CHECKING:
-    from agentic.core import Trajectory
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 # ----------------------------------------------------------------------------- environments
 
@@ -70,12 +67,18 @@ class SamplingParams:
     def __post_init__(self):
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # Ranges the engine's int32/float32 sampling arrays hold: a request past them fails here, alone,
+        # instead of raising in the engine thread (issue 31: top_k 2**40 closed the engine for good).
+        if not 0 <= self.temperature < float("inf"):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if int(self.top_k) != self.top_k:
-            raise ValueError(f"top_k must be an integer, got {self.top_k}")
+        if int(self.top_k) != self.top_k or not -1 <= self.top_k < 2**31:
+            raise ValueError(f"top_k must be an integer in [-1, 2**31), got {self.top_k}")
+        if self.max_new_tokens >= 2**31:
+            raise ValueError(f"max_new_tokens must be < 2**31, got {self.max_new_tokens}")
+        if any(not 0 <= int(t) < 2**31 for t in self.stop_token_ids):
+            raise ValueError(f"stop_token_ids must be in [0, 2**31), got {self.stop_token_ids}")
         object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
 
@@ -127,30 +130,3 @@ class GenerationAborted(GeneratorError):
     def __init__(self, message: str, completion: Completion):
         super().__init__(message)
         self.completion = completion
-
-
-# ----------------------------------------------------------------------------- experiments
-
-
-def _rewarded(trajectory: Trajectory) -> bool:  # the Trajectory of agentic.core
-    return trajectory.reward > 0
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class Experiment:
-    """What the training loop needs of an experiment besides its config; the loop knows no env.
-
-    train_tasks, eval_tasks: the tasks episodes start from (JSON mappings the env's `reset` takes).
-    env_kwargs: merged over `config.env.kwargs` for every episode (e.g. the data the tasks come from).
-    demo_policy: for the cold start (`config.warm_start`): builds a scripted policy (with
-      `act(observation) -> action`) from an episode's prompt text; None skips the cold start.
-    keep_demo: which scripted episodes the cold start trains on (default: rewarded ones).
-    progress_metrics: env metrics shown on the progress line and reported per eval (e.g. "em").
-    """
-
-    train_tasks: Sequence[Task]
-    eval_tasks: Sequence[Task] = ()
-    env_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    demo_policy: Callable[[str], Any] | None = None
-    keep_demo: Callable[[Trajectory], bool] = _rewarded
-    progress_metrics: tuple[str, ...] = ()

@@ -15,6 +15,14 @@ steps (the faster of the two counts): the ratio is train FLOP/s / matmul FLOP/s
 (target >= 0.5). A second matmul with the model's MLP
 shape ([rows*seq, D] x [D, F]) shows what the model's own small dimensions allow.
 
+Part 3 (`--lora`, LoRA memory): the same train step compiled for a full fine-tuning learner
+and for a LoRA learner (`--lora-rank` on every attention and MLP projection) at the same
+shapes; XLA's `memory_analysis()` of each compiled step (arguments = train state + batch,
+temporaries; outputs alias the donated state) and their ratio LoRA / full. Nothing runs:
+compile only, so it sizes any model on any host.
+
+    .venv/bin/python bench/learner.py --lora --skip-throughput --compile-updates 0
+
 Part 2 (compilations): a tiny-model learner runs `--compile-updates` updates whose
 batches have random group counts and lengths (1 .. 3 length buckets), and reports how
 many train-step programs were compiled and the distinct packed shapes seen.
@@ -113,6 +121,36 @@ def throughput(args) -> dict:
     }
 
 
+def step_memory(args, lora_rank: int) -> dict:
+    """Bytes of the compiled train step of a (LoRA or full) learner: memory_analysis() fields."""
+    on_cpu = jax.default_backend() == "cpu"
+    dtype = args.dtype if args.dtype != "auto" else ("float32" if on_cpu else "bfloat16")
+    model_config = models.get_config(args.model)
+    cfg = LearnerConfig(algorithm="grpo", lr=1e-6, micro_batch_size=args.micro_batch, seq_buckets=(args.seq,),
+                        pack=False, compute_dtype=dtype, remat=args.remat, mesh_shape=(-1, 1, 1),
+                        logprob_chunk_size=args.chunk, lora_rank=lora_rank, lora_alpha=2.0 * max(lora_rank, 1))
+    learner = Learner(cfg, model_config)
+    prepared = learner.prepare(full_rows(args.micro_batch * args.num_micro, args.seq, model_config.vocab_size))
+    b = prepared.batches[0]
+    step = learner._train_step(tuple(sorted(b)))  # the learner's own jitted step, compiled, not run
+    ma = step.lower(learner.state, learner._to_global(b)).compile().memory_analysis()
+    out = {k: int(getattr(ma, k)) for k in ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                                            "temp_size_in_bytes")}
+    # peak of the step: its inputs (state + batch), temporaries and the outputs that do not reuse a donated input
+    out["total_bytes"] = (out["argument_size_in_bytes"] + out["temp_size_in_bytes"] + out["output_size_in_bytes"]
+                          - out["alias_size_in_bytes"])
+    out["trainable_params"] = sum(int(x.size) for x in jax.tree.leaves(learner.state["trainable"]))
+    learner.close()
+    return out
+
+
+def lora_memory(args) -> dict:
+    full = step_memory(args, 0)
+    lora = step_memory(args, args.lora_rank)
+    return {"model": args.model, "seq": args.seq, "rows": args.micro_batch * args.num_micro, "rank": args.lora_rank,
+            "full": full, "lora": lora, "ratio": round(lora["total_bytes"] / full["total_bytes"], 3)}
+
+
 def compile_count(args) -> dict:
     tiny = models.get_config("tiny")
     cfg = LearnerConfig(algorithm="grpo", lr=1e-4, micro_batch_size=8, seq_buckets=(32, 64, 128), mesh_shape=(1, 1, 1))
@@ -144,6 +182,8 @@ def main() -> None:
     ap.add_argument("--compile-updates", type=int, default=100, help="0 skips part 2")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--json", default="", help="also write the results here")
+    ap.add_argument("--lora", action="store_true", help="part 3: compiled memory of a LoRA vs a full train step")
+    ap.add_argument("--lora-rank", type=int, default=16)
     args = ap.parse_args()
 
     results = {}
@@ -157,6 +197,16 @@ def main() -> None:
         print(f"  model-shaped matmul [{r['rows'] * r['seq']}, D] x [D, F]: "
               f"{r['model_shape_matmul_flops_per_s'] / 1e12:.2f} TFLOP/s -> ratio {r['ratio_vs_model_shape_matmul']:.2f}")
         print(f"  init {r['init_s']} s, compile + first step {r['compile_and_first_step_s']} s")
+    if args.lora:
+        r = results["lora_memory"] = lora_memory(args)
+        gib = 2.0 ** 30
+        for kind in ("full", "lora"):
+            m = r[kind]
+            print(f"{kind:>4} {r['model']} train step, {r['rows']} x {r['seq']} tokens: {m['total_bytes'] / gib:.2f} GiB "
+                  f"(arguments {m['argument_size_in_bytes'] / gib:.2f}, temporaries {m['temp_size_in_bytes'] / gib:.2f}, "
+                  f"outputs not aliased {(m['output_size_in_bytes'] - m['alias_size_in_bytes']) / gib:.2f}; "
+                  f"{m['trainable_params'] / 1e6:.2f} M trainable params)")
+        print(f"LoRA rank {r['rank']} / full fine-tuning memory: {r['ratio']:.3f}")
     if args.compile_updates:
         r = results["compile_count"] = compile_count(args)
         print(f"tiny model, {r['updates']} updates of mixed lengths: {r['compiles']} train-step compilations, "

@@ -16,7 +16,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "launch_tpu.sh"
-JAX_VERSION = re.search(r"^jax==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
 FLAGS = ["--name", "rl-test", "--zone", "us-central2-b", "--project", "proj", "--workdir", "gs://bkt/run1",
          "--env-hosts", "2", "--sglang-urls", "http://10.1.0.5:30000,http://10.1.0.6:30000"]  # fmt: skip
 EXTRA = ["--", "--config.learner.lr=2e-6", "--config.note=two words"]
@@ -30,6 +29,9 @@ with open(os.environ["GCLOUD_LOG"], "a") as f:
 if "describe" in args:
     if any("networkIP" in a for a in args):
         print("10.0.0." + args[3].rsplit("-", 1)[1])
+        sys.exit(0)
+    if any("networkEndpoints" in a for a in args):  # the TPU VM's workers
+        print("10.0.1.1;10.0.1.2")
         sys.exit(0)
     sys.exit(1)  # not found: the launcher creates it
 """
@@ -74,8 +76,10 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
     assert not list(tmp_path.glob("*.tar.gz")), "a dry run built the tarball"
 
     (create,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "create", "rl-test")
-    assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v4-8",
-            "--version=tpu-ubuntu2204-base"} <= set(create)  # fmt: skip
+    # the recipe's slice (qwen2_5_7b_tpu: tpu.topology v5p:2x2x4, 16 chips = v5p-32) and its runtime
+    assert {"--zone=us-central2-b", "--project=proj", "--accelerator-type=v5p-32",
+            "--version=v2-alpha-tpuv5"} <= set(create)  # fmt: skip
+    assert "--spot" not in create
     assert find(commands, "gcloud", "compute", "tpus", "tpu-vm", "describe", "rl-test")  # reuse check
 
     scp, _token_scp = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "scp")
@@ -84,7 +88,7 @@ def test_dry_run_prints_the_whole_flow_and_runs_nothing(fake_gcloud, tmp_path):
     assert "--worker=all" in install and "--worker=all" in train
     install_cmd = option(install, "--command")
     assert ".venv/bin/pip install -q --no-deps -r requirements.txt" in install_cmd
-    assert f"'jax[tpu]=={JAX_VERSION}'" in install_cmd
+    assert "pip install -q --no-deps -r requirements-tpu.txt" in install_cmd  # libtpu, pinned
 
     creates = find(commands, "gcloud", "compute", "instances", "create")
     assert [c[4] for c in creates] == ["rl-test-env-1", "rl-test-env-2"]
@@ -171,6 +175,23 @@ def test_real_run_executes_exactly_the_printed_commands(fake_gcloud, tmp_path):
     assert not any(n.startswith((".venv/", ".git/")) for n in names)
 
 
+def test_the_recipe_sizes_the_slice_and_the_env_host_pool(fake_gcloud):
+    env, _ = fake_gcloud
+    result = launch(env, "--dry-run", "--workdir", "gs://b/r", "--name", "rl", "--config", "qwen2_5_3b_tpu", "--spot")
+    assert result.returncode == 0, result.stderr
+    commands = printed_commands(result.stdout)
+    (create,) = find(commands, "gcloud", "compute", "tpus", "tpu-vm", "create", "rl")
+    assert {"--accelerator-type=v5p-32", "--version=v2-alpha-tpuv5", "--zone=us-east5-a", "--spot"} <= set(create)
+    # 4 hosts x 64 concurrent groups x 5 episodes = 1,280 sessions; 1,024 per env host: 2 env VMs
+    assert [c[4] for c in find(commands, "gcloud", "compute", "instances", "create")] == ["rl-env-1", "rl-env-2"]
+    assert "1280 concurrent episodes" in result.stderr
+
+    queued = printed_commands(launch(env, "--dry-run", "--workdir", "gs://b/r", "--name", "rl", "--queued").stdout)
+    (request,) = find(queued, "gcloud", "compute", "tpus", "queued-resources", "create", "rl")
+    assert {"--node-id=rl", "--accelerator-type=v5p-32", "--runtime-version=v2-alpha-tpuv5"} <= set(request)
+    assert not find(queued, "gcloud", "compute", "tpus", "tpu-vm", "create")
+
+
 def test_env_hosts_zero_creates_no_cpu_vms(fake_gcloud):
     env, _ = fake_gcloud
     result = launch(env, "--dry-run", "--workdir", "gs://b/r", "--env-hosts=0", "--config", "qwen2_5_3b_tpu")
@@ -205,3 +226,32 @@ def test_help(fake_gcloud):
     result = launch(fake_gcloud[0], "-h")
     assert result.returncode == 0
     assert result.stdout.startswith("Usage: ./launch_tpu.sh") and "--dry-run" in result.stdout
+
+
+def test_actor_vms_get_a_transport_token_and_a_firewall_for_the_run(fake_gcloud, tmp_path):
+    """Issue 31: the queue and weight stream listen on 0.0.0.0 for actor VMs, so they get a per-run token
+    (a file read remotely into $AGENTIC_TRANSPORT_TOKEN, never printed) and ports open to the run's VMs only."""
+    env, log = fake_gcloud
+    flags = [f for f in FLAGS if not f.startswith("--sglang") and not f.startswith("http")]
+    result = launch(env, *flags, "--actor-vms", "1", "--", "--config.learner.lr=2e-6")
+    assert result.returncode == 0, result.stderr
+    ran = [json.loads(line) for line in log.read_text().splitlines()]
+    token = (tmp_path / "agentic-rl-test.transport-token").read_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", token) and token not in result.stdout + result.stderr + log.read_text()
+    assert (tmp_path / "agentic-rl-test.transport-token").stat().st_mode & 0o777 == 0o600
+    copies = [a for c in ran if "scp" in c and str(tmp_path / "agentic-rl-test.transport-token") in c for a in c
+              if a.endswith(":agentic/transport_token")]
+    assert copies == ["rl-test:agentic/transport_token", "rl-test-actor-0:agentic/transport_token"]
+    dry = printed_commands(launch(env, "--dry-run", *flags, "--actor-vms", "1").stdout)
+    starts = [c for c in dry if "ssh" in c and any("search_r1.py" in a for a in c)]
+    assert len(starts) == 2 and all(
+        any(a.startswith('--command=cd ~/agentic && AGENTIC_TRANSPORT_TOKEN="$(chmod 600 transport_token && cat '
+                         'transport_token)" ') for a in c) for c in starts)
+    rules = [c for c in ran if c[:3] == ["compute", "firewall-rules", "create"]]
+    assert [c[3] for c in rules] == ["agentic-rl-test-allow", "agentic-rl-test-deny"]
+    assert "--source-tags=agentic-rl-test" in rules[0] and "--source-ranges=0.0.0.0/0" in rules[1]
+    assert all("--target-tags=agentic-rl-test" in c and "--rules=tcp:50051,tcp:50060,tcp:50061" in c for c in rules)
+    tagged = [c[3] for c in ran if c[:3] == ["compute", "instances", "add-tags"]]
+    assert tagged == ["rl-test-env-1", "rl-test-env-2", "rl-test-actor-0"]
+    assert ["compute", "tpus", "tpu-vm", "update", "rl-test", "--add-tags=agentic-rl-test"] == \
+        next(c for c in ran if c[:4] == ["compute", "tpus", "tpu-vm", "update"])[:6]

@@ -376,6 +376,10 @@ class EnvHost(pb_grpc.EnvServiceServicer):
                     raise InvalidEnvRequest("empty op in batch (set open, step or close)")
             except EnvError as e:
                 result = pb.OpResult(index=index, error=pb.Error(kind=e.kind, message=clip(e.message, 4000)))
+            except Exception as e:  # noqa: BLE001 - a host bug must end this op, not hang the stream (issue 31)
+                result = pb.OpResult(index=index, error=pb.Error(
+                    kind=pb.ERROR_KIND_UNSPECIFIED, message=clip(f"the env host failed on this {which} op: "
+                                                                 f"{type(e).__name__}: {e}", 4000)))
             ready.append(result)
             wake.set()
 
@@ -401,6 +405,8 @@ def _parse_json_object(text: str, field: str) -> dict[str, Any]:
         value = json.loads(text)
     except ValueError as e:
         raise InvalidEnvRequest(f"{field} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidEnvRequest(f"{field} is nested too deeply ({len(text)} chars)") from None
     if not isinstance(value, dict):
         raise InvalidEnvRequest(f"{field} must be a JSON object, got {type(value).__name__}")
     return value

@@ -12,7 +12,7 @@ import pathlib
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from agentic.env.errors import (
     EnvStepError,
@@ -21,10 +21,18 @@ from agentic.env.host_config import HostConfig
 from agentic.env.registry import EnvSpec
 from agentic.env.wire import FrameError, FrameWriter, read_frame
 
-if TYPE_CHECKING:
-    from agentic.env.host import EnvHost
-
 REPO_ROOT = str(pathlib.Path(__file__).resolve().parents[2])
+_HOST_SECRETS = frozenset({"AGENTIC_ENV_TOKEN", "AGENTIC_TRANSPORT_TOKEN", "SGLANG_API_KEY"})
+
+
+class HostHooks(Protocol):
+    """What an `EnvKind` needs of its host (`host.EnvHost`); this module does not import that one
+    (the import goes one way: host -> workers)."""
+
+    stopping: bool
+
+    def worker_died(self, worker: WorkerProcess, cause: str) -> None:
+        """Fails the sessions of a worker that died."""
 
 
 class WorkerDied(Exception):
@@ -55,7 +63,8 @@ class WorkerProcess:
                "--max-observation-bytes", str(config.max_observation_bytes)]
         for module in config.imports:
             cmd += ["--import", module]
-        env = dict(os.environ)
+        # Env code needs none of the host's own credentials (issue 31: workers copied them all)
+        env = {k: v for k, v in os.environ.items() if k not in _HOST_SECRETS}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.getcwd(), env.get("PYTHONPATH")) if p)
         self.proc = await asyncio.create_subprocess_exec(
             *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -190,7 +199,7 @@ def _describe_exit(rc: int | None) -> str:
 class EnvKind:
     """The workers and sessions of one env kind on this host."""
 
-    def __init__(self, host: EnvHost, spec: EnvSpec, config: HostConfig):
+    def __init__(self, host: HostHooks, spec: EnvSpec, config: HostConfig):
         self.host, self.spec, self.name = host, spec, spec.name
         self.max_sessions = int(config.per_kind(config.max_sessions, spec.name, spec.max_sessions))
         self.deadline_s = float(config.per_kind(config.step_deadline_s, spec.name, spec.step_deadline_s))

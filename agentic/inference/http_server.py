@@ -13,6 +13,14 @@ Endpoints (SGLang's names and shapes, see `agentic.inference.sglang_api`):
 
 Malformed requests get HTTP 400 naming the field; the server keeps serving.
 
+Trust (issue 31): with `api_key` (SGLang's `--api-key`) every route but /health* needs
+`Authorization: Bearer <key>` (401 otherwise), and `start_server` refuses a non-loopback host
+without one. A connection that has not sent a whole request's headers within `header_timeout_s`
+(of opening, or of its last response) is closed; a body not read within `body_timeout_s` is a
+408; bodies over `max_body_bytes` a 413. Sampling values the engine cannot hold (top_k past
+int32, NaN top_p, infinite temperature) are a 400 for that request (`SamplingParams`), never an
+engine error. Non-finite floats (a NaN log-prob) are sent as JSON null, never as bare `NaN`.
+
 Where this differs from SGLang, because `JaxEngine` has no per-token callback,
 no cancel and no scheduler pause (see BUILD.md):
 - `stream: true` sends SGLang's SSE framing (`data: {json}` events, then
@@ -42,6 +50,8 @@ from aiohttp import web
 
 from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingParams
 from agentic.inference.engine import JaxEngine
+from agentic.inference.http_guard import DeadlineSite, HttpGuard, json_dumps
+from agentic.inference.openai_api import OpenAIRoutes
 from agentic.inference.sglang_api import ApiError, generate_response, parse_generate
 from agentic.inference.stops import Finish, completion_text
 
@@ -78,11 +88,20 @@ class SGLangServer:
       load_params: loads new weights for /update_weights_from_disk.
       server_info: extra /get_server_info entries.
       weight_version: the initial weight version label (default: the engine's integer).
+      api_key: clients must send `Authorization: Bearer <api_key>` (all routes but /health*).
+      max_body_bytes: larger request bodies get 413.
+      body_timeout_s: a body not received within this gets 408.
+      header_timeout_s: a connection idle this long without a request in flight (slow or no
+        headers) is closed.
     """
 
     def __init__(self, engine: JaxEngine, *, model_path: str = "", load_params: ParamsLoader | None = None,
-                 server_info: dict | None = None, weight_version: str | None = None):
+                 server_info: dict | None = None, weight_version: str | None = None, api_key: str | None = None,
+                 max_body_bytes: int = 32 << 20, body_timeout_s: float = 30.0, header_timeout_s: float = 30.0):
         self.engine = engine
+        self.api_key = api_key or None
+        self.guard = HttpGuard(api_key=self.api_key, body_timeout_s=body_timeout_s,
+                               header_timeout_s=header_timeout_s)
         self.model_path = model_path
         self.load_params = load_params
         self.server_info = dict(server_info or {})
@@ -93,7 +112,8 @@ class SGLangServer:
         self._labels: dict[int, str] = {}  # engine version -> the label /update_weights_from_disk was given
         if weight_version is not None:
             self._labels[engine.weight_version] = str(weight_version)
-        self.app = web.Application(client_max_size=256 * 1024 * 1024)
+        self.app = web.Application(client_max_size=max_body_bytes, middlewares=[self.guard.middleware],
+                                   handler_args={"keepalive_timeout": header_timeout_s})
         r = self.app.router
         r.add_route("POST", "/generate", self.generate)
         r.add_route("PUT", "/generate", self.generate)
@@ -110,8 +130,6 @@ class SGLangServer:
         r.add_route("POST", "/pause_generation", self.pause_generation)
         r.add_route("POST", "/continue_generation", self.continue_generation)
         r.add_route("POST", "/abort_request", self.abort_request)
-        from agentic.inference.openai_api import OpenAIRoutes
-
         self.openai = OpenAIRoutes(self)
         self.openai.register(r)
 
@@ -207,14 +225,14 @@ class SGLangServer:
         for i, out in enumerate(outs):
             if parsed.batched:
                 out = {**out, "index": i}
-            await resp.write(b"data: " + json.dumps(out).encode() + b"\n\n")
+            await resp.write(b"data: " + json_dumps(out).encode() + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
     async def pause_generation(self, request: web.Request) -> web.Response:
         try:
-            body = await self._json(request) if request.can_read_body else {}
+            body = await self._json(request) if request.body_exists else {}
             mode = (body or {}).get("mode", "abort") if isinstance(body, dict) else None
             if mode not in ("abort", "retract", "in_place"):
                 raise ApiError("mode", f"must be 'abort', 'retract' or 'in_place', got {mode!r}")
@@ -326,10 +344,19 @@ class SGLangServer:
         return web.json_response(info)
 
 
-async def start_server(server: SGLangServer, host: str, port: int) -> web.AppRunner:
-    """Starts serving in the running event loop; returns the runner (await runner.cleanup())."""
+async def start_server(server: SGLangServer, host: str, port: int, *, insecure: bool = False) -> web.AppRunner:
+    """Starts serving in the running event loop; returns the runner (await runner.cleanup()).
+
+    Refuses a non-loopback `host` without `server.api_key` (anyone who can reach the port could
+    generate, swap the weights or pause the server) unless `insecure`. Connections idle
+    `header_timeout_s` without a request in flight are closed (`http_guard.DeadlineSite`).
+    """
+    from agentic.transport.auth import is_loopback
+
+    if not server.api_key and not insecure and not is_loopback(host):
+        raise ValueError(f"refusing to serve on {host} without an API key: give --api-key (clients send "
+                         "'Authorization: Bearer <key>'), or --insecure on a closed network")
     runner = web.AppRunner(server.app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
+    await DeadlineSite(runner, host, port, server.guard).start()
     return runner

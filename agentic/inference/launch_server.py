@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -27,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-path", default=None, help="default: --model-path")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--api-key", default=os.environ.get("SGLANG_API_KEY"),
+                   help="clients must send 'Authorization: Bearer <key>' (SGLang's flag; default $SGLANG_API_KEY); "
+                        "required for a non-loopback --host")
+    p.add_argument("--insecure", action="store_true", help="serve a non-loopback --host without --api-key")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="param/compute dtype (auto: the checkpoint's, bfloat16 on accelerators)")
     p.add_argument("--context-length", type=int, default=4096, help="tokens per request, prompt + output")
@@ -47,7 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, unknown = build_parser().parse_known_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    from agentic.transport.auth import is_loopback
+
+    if not args.api_key and not args.insecure and not is_loopback(args.host):
+        parser.error(f"refusing to serve on {args.host} without --api-key (or $SGLANG_API_KEY); --insecure "
+                     "only on a closed network")
     logging.basicConfig(level=args.log_level.upper(), format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     if unknown:
         log.warning("ignoring SGLang flags that have no meaning for the JAX engine: %s", " ".join(unknown))
@@ -85,9 +96,9 @@ def main(argv: list[str] | None = None) -> None:
 
     server = SGLangServer(engine, model_path=args.served_model_name or args.model_path, load_params=load_params,
                           server_info={"tp_size": tp, "dtype": dtype or config.dtype},
-                          weight_version=args.weight_version)
+                          weight_version=args.weight_version, api_key=args.api_key)
     async def serve():
-        runner = await start_server(server, args.host, args.port)
+        runner = await start_server(server, args.host, args.port, insecure=args.insecure)
         log.info("serving %s on http://%s:%d (SGLang native API, OpenAI API under /v1). "
                  "The server is fired up and ready to roll!",
                  args.model_path, args.host, args.port)

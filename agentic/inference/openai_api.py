@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -28,8 +28,19 @@ from agentic.core import Completion, GenerateRequest, GeneratorError, SamplingPa
 from agentic.inference.sglang_api import ApiError, _is_int, _is_num, context_error
 from agentic.inference.stops import Finish, completion_text
 
-if TYPE_CHECKING:
-    from agentic.inference.http_server import SGLangServer
+
+class ServingBackend(Protocol):
+    """What these routes use of the server they sit on (`http_server.SGLangServer`); this module
+    does not import that one (the import goes one way: http_server -> openai_api)."""
+
+    model_path: str
+    engine: Any
+    tokenizer: Any
+    context_length: int
+
+    async def _json(self, request: web.Request) -> Any: ...
+
+    async def run(self, requests: list[GenerateRequest], rids: list[str]) -> list[Completion]: ...
 
 # Fields an OpenAI client may send that change nothing at these values.
 _NEUTRAL = {"n": 1, "stream": False, "frequency_penalty": 0.0, "presence_penalty": 0.0, "logit_bias": None,
@@ -90,7 +101,11 @@ def _sampling(body: dict, *, max_tokens: int | None, prompt_len: int, context: i
         if not isinstance(body["ignore_eos"], bool):
             raise ApiError("ignore_eos", "must be a boolean")
         kw["ignore_eos"] = body["ignore_eos"]
-    return SamplingParams(**kw)
+    try:  # NaN top_p / temperature, top_k past int32: this request fails alone (issue 31)
+        return SamplingParams(**kw)
+    except ValueError as e:
+        raise ApiError(next((k for k in ("top_k", "top_p", "temperature", "stop_token_ids") if k in str(e)),
+                            "sampling"), str(e)) from None
 
 
 def _finish(c: Completion) -> Finish:
@@ -104,7 +119,7 @@ def _usage(c: Completion) -> dict:
 
 
 class OpenAIRoutes:
-    def __init__(self, server: SGLangServer):
+    def __init__(self, server: ServingBackend):
         self.server = server
 
     def register(self, router: web.UrlDispatcher) -> None:

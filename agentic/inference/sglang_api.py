@@ -185,8 +185,9 @@ def _sampling(sp: Any, field: str) -> tuple[SamplingParams, dict]:
             out[key] = _bool(val, f)
     try:
         return SamplingParams(**kw), out
-    except ValueError as e:  # pragma: no cover - the checks above come first
-        raise ApiError(field, str(e)) from e
+    except ValueError as e:  # NaN, inf, or past the engine's int32 (SamplingParams checks): 400, this request only
+        key = next((k for k in ("top_k", "top_p", "temperature", "max_new_tokens", "stop_token_ids") if k in str(e)), "")
+        raise ApiError(f"{field}.{key}" if key else field, str(e)) from e
 
 
 def _token_list(ids: Any, field: str, vocab_size: int | None) -> list[int]:

@@ -18,9 +18,12 @@ retried); its message is read from SGLang's {"error": {"message"}} bodies.
 
 Overload: SGLang answers HTTP 503 "The request queue is full." when its
 waiting queue is at `--max-queued-requests` (and 429 behind some gateways).
-That is not a dead server: the client backs off (exponentially, from
-`backoff_s` to 2 s, with jitter) and retries, preferring a server that is not
-overloaded, for at most `overload_budget_s` seconds per request, then raises
+That is not a dead server: the server is marked overloaded for `overload_mark_s`
+(doubling on each further 503 / 429 in a row, up to 8x; cleared when it serves a
+request), and the request is retried at once on a server that is not marked, so the
+requests that follow avoid the overloaded server too. When every server is marked, the
+client backs off (exponentially, from `backoff_s` to 2 s, with jitter) and retries on the
+least loaded, for at most `overload_budget_s` seconds per request, then raises
 `GeneratorError` saying so.
 
 Aborts: a request the server aborts (SGLang's `/pause_generation` in "abort"
@@ -86,6 +89,7 @@ class _Server:
     last_error: str = ""
     served: int = 0
     overloaded_until: float = 0.0
+    overload_streak: int = 0  # 503 / 429 answers in a row
     info: dict | None = None  # /get_server_info, once checked
     has_update_route: bool | None = None
     seeds_honored: bool | None = None
@@ -119,19 +123,26 @@ class SGLangClient(Generator):
       retry_down_s: how long a failed server is skipped before it is tried again.
       max_sessions: affinity entries kept (least recently used dropped).
       overload_budget_s: how long one request keeps retrying overloaded servers (HTTP 503/429).
-      backoff_s: first backoff after an overload answer (doubles up to 2 s, with jitter).
+      backoff_s: first backoff when every server is overloaded (doubles up to 2 s, with jitter).
+      overload_mark_s: how long a server that answered 503 / 429 is avoided while another one
+        is not overloaded (doubles with each overload answer in a row, up to 8x).
       abort_retries: how often an aborted request is sent again before `GenerationAborted`.
       pause_mode: `/pause_generation` mode around weight updates: "retract", "in_place",
         "abort" (in-flight requests come back aborted and are retried), or None (no pause).
       require_weight_updates: fail at the first call if a server has no weight-update route.
       require_seeds: raise instead of warning when a seeded request goes to a server that
         ignores `sampling_seed` (SGLang without --enable-deterministic-inference).
+      api_key: sent as `Authorization: Bearer <api_key>` (servers started with --api-key);
+        default $SGLANG_API_KEY.
     """
 
     def __init__(self, urls: Sequence[str], *, timeout_s: float = 600.0, connect_timeout_s: float = 5.0,
                  retry_down_s: float = 5.0, max_sessions: int = 100_000, overload_budget_s: float = 120.0,
-                 backoff_s: float = 0.05, abort_retries: int = 2, pause_mode: str | None = "retract",
-                 require_weight_updates: bool = True, require_seeds: bool = False):
+                 backoff_s: float = 0.05, overload_mark_s: float = 1.0, abort_retries: int = 2,
+                 pause_mode: str | None = "retract",
+                 require_weight_updates: bool = True, require_seeds: bool = False, api_key: str | None = None):
+        api_key = api_key if api_key is not None else os.environ.get("SGLANG_API_KEY")
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         if isinstance(urls, str):
             urls = [urls]
         if not urls:
@@ -147,6 +158,7 @@ class SGLangClient(Generator):
         if pause_mode not in ("retract", "in_place", "abort", None):
             raise ValueError(f"pause_mode must be 'retract', 'in_place', 'abort' or None, got {pause_mode!r}")
         self.overload_budget_s, self.backoff_s = float(overload_budget_s), float(backoff_s)
+        self.overload_mark_s = float(overload_mark_s)
         self.abort_retries, self.pause_mode = int(abort_retries), pause_mode
         self.require_weight_updates, self.require_seeds = require_weight_updates, require_seeds
         self.stats: collections.Counter = collections.Counter()  # overloaded, aborted, retried_aborts
@@ -157,7 +169,7 @@ class SGLangClient(Generator):
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self.timeout, connector=aiohttp.TCPConnector(limit=0, force_close=False))
+                timeout=self.timeout, headers=self._headers, connector=aiohttp.TCPConnector(limit=0, force_close=False))
         return self._session
 
     async def close(self) -> None:
@@ -168,6 +180,10 @@ class SGLangClient(Generator):
     @property
     def weight_version(self) -> int:
         return self._version
+
+    def note_weight_version(self, version: int) -> None:
+        """Records that the servers serve `version` now (another process of the run updated them)."""
+        self._version = max(self._version, int(version))
 
     def _pick(self, session_id: str | None, tried: set) -> _Server | None:
         now = time.monotonic()
@@ -182,7 +198,10 @@ class SGLangClient(Generator):
         if not cands:
             return None
         calm = [s for s in cands if now >= s.overloaded_until]
-        cands = calm or cands
+        if not calm:  # every candidate is overloaded: the one whose mark ends first
+            soonest = min(s.overloaded_until for s in cands)
+            calm = [s for s in cands if s.overloaded_until == soonest]
+        cands = calm
         low = min(s.outstanding for s in cands)
         best = [s for s in cands if s.outstanding == low]
         return best[next(self._rr) % len(best)]
@@ -249,8 +268,14 @@ class SGLangClient(Generator):
                     raise GeneratorError(
                         f"SGLang servers stayed overloaded for {waited:.1f} s (overload_budget_s="
                         f"{self.overload_budget_s:g}); last answer from {server.url}: HTTP {status}: {msg}")
+                # The mark outlives this request's retry: the requests after it avoid the server too.
+                server.overload_streak += 1
+                mark = self.overload_mark_s * 2 ** min(server.overload_streak - 1, 3)
+                now = time.monotonic()
+                server.overloaded_until = now + mark
+                if any(now >= s.overloaded_until for s in self.servers if s.up(now) and s not in tried):
+                    continue  # a calm server: retry there at once
                 delay = min(backoff * (0.5 + random.random()), self.overload_budget_s - waited)
-                server.overloaded_until = time.monotonic() + delay
                 backoff = min(2 * backoff, 2.0)
                 await asyncio.sleep(delay)
                 continue
@@ -275,6 +300,7 @@ class SGLangClient(Generator):
                 self.stats["retried_aborts"] += 1
                 continue
             server.served += 1
+            server.overload_streak, server.overloaded_until = 0, 0.0
             self._version = max(self._version, completion.weight_version)
             self._remember(req.session_id, server)
             return completion
@@ -357,6 +383,22 @@ class SGLangClient(Generator):
             s.warned_seeds = True
             log.warning(msg)
 
+    async def pause_generation(self, mode: str = "retract") -> dict[str, bool]:
+        """SGLang's `/pause_generation` on every server; True where it answered 200.
+
+        Modes (SGLang's `PauseGenerationReqInput.mode`): "abort" (running requests come back
+        aborted with their partial output), "retract" (they go back to the waiting queue and
+        their KV may be flushed: recomputed on continue), "in_place" (they stay in the running
+        batch with their KV cache; flush_cache fails meanwhile). Requests sent while paused wait.
+        """
+        if mode not in ("abort", "retract", "in_place"):
+            raise ValueError(f"pause mode must be 'abort', 'retract' or 'in_place', got {mode!r}")
+        return {u: r[0] == 200 for u, r in (await self._broadcast("/pause_generation", {"mode": mode})).items()}
+
+    async def continue_generation(self) -> dict[str, bool]:
+        """SGLang's `/continue_generation` on every server (resumes what a pause held); True where 200."""
+        return {u: r[0] == 200 for u, r in (await self._broadcast("/continue_generation", {})).items()}
+
     async def update_weights(self, model_path: str, version: int, *, flush_cache: bool = True) -> dict:
         """Every server loads new weights from `model_path` (SGLang's /update_weights_from_disk),
         between /pause_generation and /continue_generation (unless pause_mode is None).
@@ -426,11 +468,22 @@ class SGLangWeights(WeightPublisher):
             client, weights_dir, model_config, tokenizer, run)
 
     def publish(self, params: Any, version: int) -> None:
+        """Process 0 exports `params` (in the dtype given: the launcher hands the serving dtype, bf16 on
+        TPU) once, has every server load it, then deletes the older versions; other processes of a
+        multi-host run only record the version (their actors use the same servers)."""
+        import shutil
+
         import jax
 
         from agentic import models
 
+        if jax.process_index() != 0:
+            self.client.note_weight_version(version)
+            return
         path = os.path.join(self.weights_dir, f"version_{version:06d}")
         models.export_hf(self.model_config, jax.device_get(params), path, tokenizer=self.tokenizer)
         self.run(self.client.update_weights(path, version))
+        for old in os.listdir(self.weights_dir):  # every server now serves `path`
+            if old.startswith("version_") and os.path.join(self.weights_dir, old) != path:
+                shutil.rmtree(os.path.join(self.weights_dir, old), ignore_errors=True)
 

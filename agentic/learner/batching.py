@@ -59,7 +59,9 @@ class Episodes:
         else its outcome `reward` placed on its last model token.
       rewards: float32 [N] outcome rewards; group: int32 [N] group index;
       lengths: int32 [N] prediction positions per row (n - 1, after truncation);
-      versions: int32 [N] policy versions; valid: bool [N] (all True here).
+      versions: int32 [N] policy versions (the oldest model token's); valid: bool [N] (all True here).
+      token_versions: int32 [N, L], the weight version that sampled each target model token (-1
+        elsewhere; the trajectory's policy_version where it has no per-token versions).
       truncated_tokens: tokens dropped because a trajectory exceeded max_len + 1.
     """
 
@@ -73,6 +75,7 @@ class Episodes:
     lengths: np.ndarray
     versions: np.ndarray
     valid: np.ndarray
+    token_versions: np.ndarray
     truncated_tokens: int = 0
 
     def __len__(self) -> int:
@@ -97,6 +100,7 @@ def make_episodes(trajectories: Sequence[Trajectory], max_len: int) -> Episodes:
     inputs = np.zeros((n, max_len), np.int32)
     targets = np.zeros((n, max_len), np.int32)
     lengths = np.zeros(n, np.int32)
+    token_versions = np.full((n, max_len), -1, np.int32)
     groups: dict[str, int] = {}
     truncated = 0
     for i, tr in enumerate(trajectories):
@@ -109,6 +113,8 @@ def make_episodes(trajectories: Sequence[Trajectory], max_len: int) -> Episodes:
         targets[i, :m] = tr.tokens[1 : m + 1]
         ep["mask"][i, :m] = tr.loss_mask[1 : m + 1] > 0
         ep["behavior_logprobs"][i, :m] = tr.behavior_logprobs[1 : m + 1] * ep["mask"][i, :m]
+        tv = tr.token_versions[1 : m + 1] if tr.token_versions is not None else np.full(m, tr.policy_version)
+        token_versions[i, :m] = np.where(ep["mask"][i, :m] > 0, tv, -1)
         if tr.token_rewards is not None:
             ep["token_rewards"][i, :m] = tr.token_rewards[1 : m + 1]
         else:
@@ -120,8 +126,8 @@ def make_episodes(trajectories: Sequence[Trajectory], max_len: int) -> Episodes:
         inputs=inputs, targets=targets, lengths=lengths,
         rewards=np.array([t.reward for t in trajectories], np.float32),
         group=np.array([groups[t.group_id] for t in trajectories], np.int32),
-        versions=np.array([t.policy_version for t in trajectories], np.int32),
-        valid=np.ones(n, bool), truncated_tokens=truncated, **ep)
+        versions=np.array([t.oldest_version for t in trajectories], np.int32),
+        valid=np.ones(n, bool), token_versions=token_versions, truncated_tokens=truncated, **ep)
 
 
 @dataclasses.dataclass(frozen=True)

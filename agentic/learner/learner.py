@@ -51,8 +51,9 @@ from jax.experimental import multihost_utils
 from agentic import models, sharding
 from agentic.core import Trajectory
 from agentic.learner import advantages as adv_lib
-from agentic.learner import batching, losses, optimizer
+from agentic.learner import batching, guard, lora, losses, mismatch, optimizer
 from agentic.learner.checkpoint import Checkpointer, abstract_like
+from agentic.learner.checkpoint import abstract_like as checkpoint_abstract
 from agentic.learner.policy import init_value_head, train_flops, value_head_logical_axes
 from agentic.learner.train_step import make_score_fn, make_train_step
 from agentic.models import ModelConfig
@@ -102,6 +103,14 @@ class LearnerConfig:
       checkpoint_dir: where orbax checkpoints go (None: no checkpointing).
       keep_checkpoints: how many to keep; checkpoint_every: save every k steps; async_checkpointing.
       distributed: call jax.distributed.initialize() (multi-host).
+      mismatch_correction: sequence-level correction of the sampler/learner mismatch:
+        "none", "icepop", "seq_mask", "geo_mask" or "seq_is" (see mismatch.py).
+      mismatch_low, mismatch_high: the kept range [low, high] of the ratio pi_learner /
+        pi_sampler (per token, per sequence or its geometric mean); high truncates seq_is.
+      lora_rank: LoRA adapters of this rank on `lora_targets` (0: full fine-tuning); only they
+        are trained and checkpointed, `params` is base + adapter merged (see lora.py).
+      lora_alpha: the adapters' scale is lora_alpha / lora_rank.
+      lora_targets: the adapted projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj).
     """
 
     algorithm: str = "grpo"
@@ -152,10 +161,17 @@ class LearnerConfig:
     checkpoint_every: int = 1
     async_checkpointing: bool = True
     distributed: bool = False
+    mismatch_correction: str = "none"
+    mismatch_low: float = 0.5
+    mismatch_high: float = 2.0
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = lora.LORA_TARGETS
 
     def __post_init__(self):
         object.__setattr__(self, "seq_buckets", tuple(sorted(int(b) for b in self.seq_buckets)))
         object.__setattr__(self, "mesh_shape", tuple(int(s) for s in self.mesh_shape))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
 
         def check(ok, msg):
             if not ok:
@@ -190,10 +206,19 @@ class LearnerConfig:
         check(self.compute_dtype in DTYPES and self.param_dtype in DTYPES,
               f"compute_dtype/param_dtype must be in {DTYPES}")
         check(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        problem = mismatch.check_config(self.mismatch_correction, self.mismatch_low, self.mismatch_high,
+                                        self.off_policy)
+        check(problem is None, problem)
+        problem = lora.check_config(self.lora_rank, self.lora_alpha, self.lora_targets)
+        check(problem is None, problem)
 
     @property
     def uses_values(self) -> bool:
         return self.algorithm in adv_lib.NEEDS_VALUES
+
+    @property
+    def lora_scale(self) -> float:
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 1.0
 
     def replace(self, **kw) -> LearnerConfig:
         return dataclasses.replace(self, **kw)
@@ -220,6 +245,13 @@ def param_shardings(model_config: ModelConfig, mesh) -> Any:
     return sharding.tree_shardings(models.param_shapes(model_config), models.param_logical_axes(model_config), mesh)
 
 
+def _as_dtype(x, dtype):
+    """A copy of array `x` in `dtype` (same sharding), or its ShapeDtypeStruct for an abstract one."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
+    return x.astype(dtype) if x.dtype != dtype else x.copy()
+
+
 class Learner:
     """Owns the sharded train state; see the module docstring for the API.
 
@@ -229,13 +261,16 @@ class Learner:
       params: the initial policy params: a pytree (placed on the mesh), a callable taking the
         params' shardings and returning params (a loader), or None (random init from config.seed).
       mesh: a (data, fsdp, tensor) Mesh; default: built from config.mesh_shape.
+      abstract: build the state as ShapeDtypeStructs with its shardings, allocating nothing (the
+        mesh may then be a TPU topology's devices): for `lower_programs` (ahead-of-time compiles).
     """
 
     def __init__(self, config: LearnerConfig, model_config: ModelConfig,
-                 params: Any | Callable[[Any], Any] | None = None, *, mesh=None):
-        if config.distributed:
+                 params: Any | Callable[[Any], Any] | None = None, *, mesh=None, abstract: bool = False):
+        if config.distributed and not abstract:
             sharding.initialize_distributed()
         self.config = config
+        self.abstract = abstract
         self.model_config = model_config.replace(dtype=config.compute_dtype, param_dtype=config.param_dtype,
                                                  remat=config.remat)
         self.mesh = mesh if mesh is not None else sharding.make_mesh(config.mesh_shape)
@@ -243,7 +278,7 @@ class Learner:
         if config.micro_batch_size % div:
             raise ValueError(f"micro_batch_size {config.micro_batch_size} must be a multiple of data * fsdp = {div} "
                              f"(rows are sharded over those mesh axes)")
-        nproc = jax.process_count()
+        nproc = len({d.process_index for d in self.mesh.devices.flat}) if abstract else jax.process_count()
         if config.micro_batch_size % nproc:
             raise ValueError(f"micro_batch_size {config.micro_batch_size} must be a multiple of the process count {nproc}")
         self._local_micro = config.micro_batch_size // nproc
@@ -251,38 +286,28 @@ class Learner:
         self._agg_norm = config.loss_agg_norm or float(self._max_len)
 
         policy_sh = param_shardings(self.model_config, self.mesh)
+        sharding.check_fsdp_divides(models.param_shapes(self.model_config),
+                                    models.param_logical_axes(self.model_config), self.mesh)
         pdt = jnp.dtype(config.param_dtype)
-        if params is None:
-            params = models.init_params(self.model_config, jax.random.key(config.seed))
-        elif callable(params):
-            params = params(policy_sh)
-        params = jax.device_put(jax.tree.map(lambda p: jnp.asarray(p, pdt), params), policy_sh)
-        trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
-        if config.uses_values:
-            vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
-            trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
-            trainable_sh["value"] = vsh
-        # The frozen reference exists only when a KL term uses it: a copy of the initial policy.
-        self._ref = (jax.tree.map(lambda p: p.copy(), params) if config.kl_coef else None)
-        self._ref_sh = policy_sh if config.kl_coef else None
-
         self._opt = optimizer.make_optimizer(
             config.lr, warmup_steps=config.warmup_steps, schedule=config.schedule, total_steps=config.total_steps,
             final_lr_ratio=config.final_lr_ratio, b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps,
             weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
             value_lr=config.value_lr if config.uses_values else None)
         rep = sharding.replicated(self.mesh)
-        # Eager init: moments are zeros_like(params) and keep their shardings; the scalars
-        # (step counts) land on one device and are replicated over the mesh here.
-        opt_state = jax.tree.map(
-            lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep),
-            self._opt.init(trainable))
-        self._state = {
-            "trainable": trainable, "opt_state": opt_state,
-            "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
-            "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
-            "rng": jax.device_put(jax.random.key_data(jax.random.key(config.seed)), rep),
-        }
+        self._frozen_sh = None
+        if abstract:
+            self._state, trainable_sh = self._abstract_state(policy_sh, pdt, rep)
+        else:
+            self._state, trainable_sh = self._initial_state(params, policy_sh, pdt, rep)
+        # The frozen reference exists only when a KL term uses it: a copy of the initial policy, held in
+        # the compute dtype (the forward pass casts to it anyway: bf16 compute halves its memory). Under
+        # LoRA the frozen base is the reference: `_reference` reads it from the state (which the train
+        # step donates), so no second copy and no stale handle.
+        ref_dtype = jnp.dtype(config.compute_dtype) if jnp.dtype(config.compute_dtype).itemsize < pdt.itemsize else pdt
+        self._ref = (jax.tree.map(lambda p: _as_dtype(p, ref_dtype), self._state["trainable"]["policy"])
+                     if config.kl_coef and "frozen" not in self._state else None)
+        self._ref_sh = policy_sh if config.kl_coef else None
         self._state_sh = jax.tree.map(lambda x: x.sharding, self._state)
         self._trainable_sh = trainable_sh
         self._rep = rep
@@ -291,14 +316,138 @@ class Learner:
         self._score_fns: dict[tuple, Any] = {}
         self._ckpt = (Checkpointer(config.checkpoint_dir, keep=config.keep_checkpoints,
                                    every=config.checkpoint_every, async_save=config.async_checkpointing)
-                      if config.checkpoint_dir else None)
+                      if config.checkpoint_dir and not abstract else None)
+
+    def _initial_state(self, params, policy_sh, pdt, rep) -> tuple[dict, dict]:
+        """The train state on the mesh: params placed (or loaded straight) into their shardings."""
+        config = self.config
+        if params is None:
+            params = models.init_params(self.model_config, jax.random.key(config.seed))
+        elif callable(params):
+            params = params(policy_sh)
+        params = jax.device_put(jax.tree.map(lambda p: p if getattr(p, "dtype", None) == pdt else jnp.asarray(p, pdt),
+                                             params), policy_sh)
+        trainable, trainable_sh = {"policy": params}, {"policy": policy_sh}
+        frozen = None
+        if config.lora_rank:  # train adapters only; the base params are frozen (lora.py)
+            trainable, trainable_sh, frozen, self._frozen_sh = self._lora_split(params, policy_sh)
+        if config.uses_values:
+            vsh = sharding.tree_shardings(init_value_head(self.model_config), value_head_logical_axes(), self.mesh)
+            trainable["value"] = jax.device_put(init_value_head(self.model_config), vsh)
+            trainable_sh["value"] = vsh
+        # Eager init: moments are zeros_like(params) and keep their shardings; the scalars
+        # (step counts) land on one device and are replicated over the mesh here.
+        opt_state = jax.tree.map(
+            lambda x: x if isinstance(x.sharding, jax.sharding.NamedSharding) else jax.device_put(x, rep),
+            self._opt.init(trainable))
+        state = {
+            "trainable": trainable, "opt_state": opt_state,
+            "step": jax.device_put(jnp.zeros((), jnp.int32), rep),
+            "version": jax.device_put(jnp.zeros((), jnp.int32), rep),
+            "rng": jax.device_put(jax.random.key_data(jax.random.key(self.config.seed)), rep),
+        }
+        if frozen is not None:
+            state["frozen"] = frozen
+        return state, trainable_sh
+
+    def _abstract_state(self, policy_sh, pdt, rep) -> tuple[dict, dict]:
+        """The same train state as `_initial_state`, as ShapeDtypeStructs with the same shardings: nothing is
+        allocated, so the mesh may be a TPU topology's devices (ahead-of-time compilation, tools/aot_check.py)."""
+        config = self.config
+
+        def sds(tree, shardings):
+            return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, pdt), models.param_shapes(self.model_config))
+        trainable, trainable_sh = {"policy": sds(shapes, policy_sh)}, {"policy": policy_sh}
+        frozen = None
+        if config.lora_rank:
+            adapters = jax.eval_shape(lambda p: lora.init_adapters(p, targets=config.lora_targets, rank=config.lora_rank,
+                                                                   key=jax.random.key(0)), trainable["policy"])
+            ash = sharding.tree_shardings(adapters, lora.adapter_logical_axes(adapters), self.mesh)
+            frozen, self._frozen_sh = trainable, trainable_sh
+            trainable, trainable_sh = {"lora": sds(adapters, ash)}, {"lora": ash}
+        if config.uses_values:
+            value = jax.eval_shape(lambda: init_value_head(self.model_config))
+            vsh = sharding.tree_shardings(value, value_head_logical_axes(), self.mesh)
+            trainable["value"], trainable_sh["value"] = sds(value, vsh), vsh
+        opt_shapes = jax.eval_shape(self._opt.init, trainable)
+        opt_sh = sharding.like_params(opt_shapes, trainable, rep)
+        key = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0)))
+        scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+        state = {"trainable": trainable, "opt_state": sds(opt_shapes, opt_sh), "step": scalar, "version": scalar,
+                 "rng": jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=rep)}
+        if frozen is not None:
+            state["frozen"] = frozen
+        return state, trainable_sh
+
+    def lower_programs(self, *, seq_len: int | None = None, num_micro: int = 1) -> dict[str, Any]:
+        """The learner's jitted programs lowered on abstract inputs: {"learner_update": train step,
+        "learner_score": the scoring pass (when this config runs it)}, each a `jax.stages.Lowered`
+        for a packed batch of `num_micro` micro-batches of rows of `seq_len` (default: the largest
+        bucket). Works on a real or an abstract learner (then on a TPU topology's devices)."""
+        c = self.config
+        T = seq_len or self._max_len
+        shape = (num_micro, c.micro_batch_size, T)
+
+        def batch(keys):
+            ints = ("inputs", "targets", "positions", "segment_ids")
+            return {k: jax.ShapeDtypeStruct(shape, jnp.int32 if k in ints else jnp.float32, sharding=self._batch_sh)
+                    for k in keys}
+
+        base = ["inputs", "targets", "positions", "segment_ids"]
+        keys = base + ["weights", "mean_weights", "advantages", "behavior_logprobs"]
+        need_prox = c.off_policy != "none" and c.num_minibatches > 1
+        if need_prox:
+            keys.append("proximal_logprobs")
+        if c.kl_coef and c.kl_mode == "loss":
+            keys.append("ref_logprobs")
+        if c.uses_values:
+            keys += ["old_values", "returns"]
+        keys = tuple(sorted(keys))
+        state = checkpoint_abstract(self._state)
+        out = {"learner_update": self._train_step(keys).lower(state, batch(keys))}
+        if c.uses_values or c.kl_coef > 0 or need_prox:
+            score_keys = tuple(sorted(base))
+            ref = self._reference()
+            ref = None if ref is None else checkpoint_abstract(ref)
+            out["learner_score"] = self._score_fn(score_keys).lower(state["trainable"], ref, batch(score_keys),
+                                                                    state.get("frozen"))
+        return out
+
+    def _lora_split(self, params, policy_sh):
+        """(trainable, its shardings, frozen, its shardings) of a LoRA learner."""
+        c = self.config
+        adapters = lora.init_adapters(params, targets=c.lora_targets, rank=c.lora_rank,
+                                      key=jax.random.fold_in(jax.random.key(c.seed), 1))
+        ash = sharding.tree_shardings(adapters, lora.adapter_logical_axes(adapters), self.mesh)
+        return {"lora": jax.device_put(adapters, ash)}, {"lora": ash}, {"policy": params}, {"policy": policy_sh}
 
     # ------------------------------------------------------------------ public state
 
     @property
     def params(self):
-        """The policy params (sharded on the mesh)."""
+        """The policy params (sharded on the mesh); under LoRA, base + adapters merged."""
+        if "frozen" in self._state:
+            if self.abstract:  # shapes and shardings of the merged params: the base's
+                return self._state["frozen"]["policy"]
+            if not hasattr(self, "_merge"):
+                sh = self._frozen_sh["policy"]
+                self._merge = jax.jit(functools.partial(lora.merge, scale=self.config.lora_scale),
+                                      out_shardings=sh)
+            return self._merge(self._state["frozen"]["policy"], self._state["trainable"]["lora"])
         return self._state["trainable"]["policy"]
+
+    def _reference(self):
+        """The frozen KL reference's params (None without a KL term)."""
+        if self.config.kl_coef and "frozen" in self._state:
+            return self._state["frozen"]["policy"]
+        return self._ref
+
+    @property
+    def adapters(self):
+        """The LoRA adapters (None without LoRA)."""
+        return self._state["trainable"].get("lora")
 
     @property
     def state(self) -> dict:
@@ -331,7 +480,7 @@ class Learner:
         if keys not in self._score_fns:
             bsh = {k: self._batch_sh for k in keys}
             self._score_fns[keys] = make_score_fn(self.config, self.model_config, self._trainable_sh, self._ref_sh,
-                                                  bsh, self._batch_sh)
+                                                  bsh, self._batch_sh, self._frozen_sh)
         return self._score_fns[keys]
 
     @functools.cached_property
@@ -371,7 +520,7 @@ class Learner:
         if lag_max is None:
             return list(trajectories), 0
         v = self.version
-        stale = {t.group_id for t in trajectories if v - t.policy_version > lag_max}
+        stale = {t.group_id for t in trajectories if v - t.oldest_version > lag_max}  # per token when known
         kept = [t for t in trajectories if t.group_id not in stale]
         return kept, len(trajectories) - len(kept)
 
@@ -393,7 +542,8 @@ class Learner:
         t_start = time.perf_counter()
         version = self.version
         trajs, dropped = self._fresh(trajectories)
-        metrics: dict[str, float] = {"batch/dropped_stale": float(dropped)}
+        trajs, nonfinite = guard.drop_nonfinite(trajs)  # issue 31: NaN/inf rewards or log-probs: whole group out
+        metrics: dict[str, float] = {"batch/dropped_stale": float(dropped), "batch/dropped_nonfinite": float(nonfinite)}
         if not trajs:
             return Prepared(batches=[], lengths=[], metrics=metrics)
 
@@ -414,7 +564,8 @@ class Learner:
         scored: dict[str, np.ndarray] = {}
         if c.uses_values or c.kl_coef > 0 or need_prox:
             for rows, plan, b in zip(minis, plans, batches, strict=True):
-                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._ref, self._to_global(b))
+                res = self._score_fn(tuple(sorted(b)))(self._state["trainable"], self._reference(), self._to_global(b),
+                                                       self._state.get("frozen"))
                 for k, v in res.items():
                     full = scored.setdefault(k, np.zeros((N, L), np.float32))
                     full[rows] = plan.unpack(self._to_local(v), (len(rows), L))
@@ -456,8 +607,9 @@ class Learner:
         model_tokens = ep.mask.sum()
         real = float(ep.lengths.sum())
         lags = version - ep.versions
+        n_global = float(N) if jax.process_count() == 1 else float(multihost_utils.process_allgather(np.int32(N)).sum())
         metrics |= {
-            "batch/trajectories": float(N), "batch/tokens": real, "batch/model_tokens": float(model_tokens),
+            "batch/trajectories": float(N), "batch/trajectories_global": n_global, "batch/tokens": real, "batch/model_tokens": float(model_tokens),
             # padding inside the micro-batches that run (all-padding ones are skipped)
             "batch/pad_fraction": 1.0 - real / float(sum(p.computed_positions for p in plans)),
             "batch/truncated_tokens": float(ep.truncated_tokens),
@@ -465,6 +617,9 @@ class Learner:
             "batch/advantage_mean": float((advantages * ep.mask).sum() / max(model_tokens, 1)),
             "batch/advantage_abs_mean": float((np.abs(advantages) * ep.mask).sum() / max(model_tokens, 1)),
             "batch/lag_mean": float(lags.mean()), "batch/lag_max": float(lags.max()),
+            # model tokens sampled by an older policy than the learner's (per token: mid-episode swaps)
+            "batch/stale_token_frac": float(((ep.token_versions >= 0) & (ep.token_versions < version)).sum()
+                                            / max(model_tokens, 1)),
             "batch/seq_len": float(plans[0].seq_len), "batch/num_micro": float(plans[0].num_micro),
             "time/pack_s": t_pack - t_start, "time/score_s": t_score - t_pack, "time/advantages_s": t_adv - t_score,
         }
@@ -485,7 +640,7 @@ class Learner:
 
         out = dict(prepared.metrics)
         for k in metrics[0]:
-            out[f"learner/{k}"] = float(np.mean([m[k] for m in metrics]))
+            out[f"learner/{k}"] = float((np.max if k.endswith("_max_abs") else np.mean)([m[k] for m in metrics]))
         out["learner/lr"] = float(optimizer.learning_rate_schedule(
             c.lr, warmup_steps=c.warmup_steps, schedule=c.schedule, total_steps=c.total_steps,
             final_lr_ratio=c.final_lr_ratio)(self.step - 1))
@@ -517,8 +672,10 @@ class Learner:
         checkpoint_every skips this step.
         """
         step = self.step if step is None else step
+        guard.check_finite(self._state["trainable"], f"checkpoint step {step}")  # issue 31: never save NaN weights
         cfg = {"learner": dataclasses.asdict(self.config), "model": dataclasses.asdict(self.model_config)}
-        return self._checkpointer().save(step, self._state, data=data_state, config=cfg, force=force)
+        saved = {k: v for k, v in self._state.items() if k != "frozen"}  # LoRA: the adapters, not the base
+        return self._checkpointer().save(step, saved, data=data_state, config=cfg, force=force)
 
     def restore(self, step: int | None = None) -> dict | None:
         """Loads the checkpoint at `step` (default latest) into this learner; returns its data state.
@@ -531,8 +688,9 @@ class Learner:
         ck = self._checkpointer()
         if step is None and ck.latest_step() is None:
             return None
-        state, data, _ = ck.restore(abstract_like(self._state), step)
-        self._state = state
+        frozen = self._state.get("frozen")
+        state, data, _ = ck.restore(abstract_like({k: v for k, v in self._state.items() if k != "frozen"}), step)
+        self._state = state if frozen is None else dict(state, frozen=frozen)
         return data
 
     def wait_for_checkpoint(self) -> None:

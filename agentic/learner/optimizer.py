@@ -59,6 +59,8 @@ def make_optimizer(lr: float, *, warmup_steps: int = 0, schedule: str = "constan
     if value_lr is None:
         parts.append(adamw(lr))
     else:
-        labels = lambda t: {k: jax.tree.map(lambda _, k=k: k, v) for k, v in t.items()}  # noqa: E731
+        # the value head apart; everything else ("policy", or LoRA's "lora") at lr
+        labels = lambda t: {k: jax.tree.map(lambda _, k=k: "value" if k == "value" else "policy", v)  # noqa: E731
+                            for k, v in t.items()}
         parts.append(optax.multi_transform({"policy": adamw(lr), "value": adamw(value_lr)}, labels))
     return optax.chain(*parts)

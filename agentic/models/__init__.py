@@ -28,6 +28,7 @@ from agentic.models.transformer import Transformer
 __all__ = [
     "ModelConfig", "Transformer", "get_config", "list_models", "register", "init_params",
     "param_logical_axes", "init_cache", "forward", "token_logprobs", "logprobs_from_hidden", "load_model",
+    "load_config",
     "export_hf", "load_tokenizer",
 ]
 
@@ -165,6 +166,13 @@ def load_model(name_or_path: str, *, dtype: str | None = None, shardings=None):
     from agentic.models.loading import load_model as _load
 
     return _load(name_or_path, dtype=dtype, shardings=shardings)
+
+
+def load_config(name_or_path: str, *, dtype: str | None = None) -> ModelConfig:
+    """The ModelConfig `load_model` would return, without reading weights."""
+    from agentic.models.loading import load_config as _load
+
+    return _load(name_or_path, dtype=dtype)
 
 
 def export_hf(config: ModelConfig, params, out_dir: str, tokenizer=None) -> None:

@@ -113,7 +113,8 @@ def load_model(name_or_path: str, *, dtype: str | None = None, shardings=None, s
     """(config, params, tokenizer). dtype sets both the param and the compute dtype (default float32).
 
     shardings: optional pytree (same structure as params) of jax.sharding.Sharding; each tensor is
-    device_put onto it as soon as it is read (no second full host copy).
+    placed onto it shard by shard as soon as it is read (no second full host copy, no device holding
+    more than its shards).
     """
     dtype = dtype or "float32"
     kind, loc = resolve(name_or_path)
@@ -121,9 +122,8 @@ def load_model(name_or_path: str, *, dtype: str | None = None, shardings=None, s
         from agentic.models import init_params
 
         config = get_spec(loc).config.replace(dtype=dtype, param_dtype=dtype)
-        params = init_params(config, jax.random.key(seed))
-        if shardings is not None:
-            params = jax.device_put(params, shardings)
+        # under jit with out_shardings each device computes only its own shards
+        params = jax.jit(lambda: init_params(config, jax.random.key(seed)), out_shardings=shardings)()
         return config, params, _named(byte_tokenizer(), name_or_path)
     if kind == "gguf":
         from agentic.models.gguf_loader import GGUFFile

@@ -2,7 +2,7 @@
 
 Every source (HF safetensors, GGUF) yields tensors in **HF layout** ([out, in] matrices) by HF
 name; `assemble_params` builds each param leaf from them (stacking layers for the scanned
-block), checks shapes, casts, and `jax.device_put`s the leaf onto its target sharding right away,
+block), checks shapes, casts, and places the leaf onto its target sharding shard by shard right away,
 so host memory holds at most one stacked leaf besides the (memory-mapped) source.
 """
 
@@ -92,8 +92,8 @@ def assemble_params(config: ModelConfig, get: Callable[[str], np.ndarray], *, sh
     """Builds the param tree from `get(hf_name) -> np.ndarray` (HF layout, any float dtype).
 
     `get` raises KeyError for a missing tensor; it is reported with the tensor name and source.
-    Each leaf is cast to config.param_dtype and placed with jax.device_put(leaf, sharding) as soon
-    as it is complete (shardings: same structure as params, or None for the default device).
+    Each leaf is cast to config.param_dtype and placed shard by shard (`place`) as soon as it is
+    complete (shardings: same structure as params, or None for the default device).
     """
     dtype = np.dtype(jax.numpy.dtype(config.param_dtype))
     params: dict = {}
@@ -109,9 +109,18 @@ def assemble_params(config: ModelConfig, get: Callable[[str], np.ndarray], *, sh
         else:
             value = _fetch(name, *args)
         sharding = None if shardings is None else _get_path(shardings, path)
-        _set_path(params, path, jax.device_put(value, sharding) if sharding is not None else jax.device_put(value))
+        _set_path(params, path, place(value, sharding))
         del value
     return params
+
+
+def place(value: np.ndarray, sharding=None) -> jax.Array:
+    """A host array onto its sharding, shard by shard: each device receives only its own slice (this
+    process's devices only, under multi-host), never the whole array unless the sharding replicates
+    it. No sharding: the default device."""
+    if sharding is None:
+        return jax.device_put(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
 def _fetch(n, config, get, path, hf_shape, to, dtype, source):

@@ -150,6 +150,7 @@ class EpisodeRecord:
     logprobs: list[float] = dataclasses.field(default_factory=list)
     turn_starts: list[int] = dataclasses.field(default_factory=list)
     versions: list[int] = dataclasses.field(default_factory=list)
+    token_versions: list[int] = dataclasses.field(default_factory=list)
     prompt_len: int = 0
     reward: float = 0.0
     done: bool = False
@@ -162,6 +163,7 @@ class EpisodeRecord:
         self.tokens += ids
         self.mask += [0] * len(ids)
         self.logprobs += [0.0] * len(ids)
+        self.token_versions += [-1] * len(ids)
 
     def add_turn(self, completion: Completion, kept: int) -> None:
         """The first `kept` sampled tokens of a model turn: loss mask 1, their behavior log-probs."""
@@ -170,6 +172,10 @@ class EpisodeRecord:
         self.tokens += completion.token_ids[:kept]
         self.mask += [1] * kept
         self.logprobs += completion.logprobs[:kept]
+        # per token when the generator reports it (weights swapped mid-turn), else the turn's version
+        per_token = getattr(completion, "token_versions", None)
+        self.token_versions += (list(per_token[:kept]) if per_token is not None
+                                else [completion.weight_version] * kept)
 
     def take_step(self, step: Step) -> bool:
         """Records the env's step; True when it ended the episode."""
@@ -194,12 +200,14 @@ class EpisodeRecord:
             behavior_logprobs=np.asarray(self.logprobs, np.float32),
             reward=self.reward,
             group_id=group_id,
-            policy_version=min(self.versions) if self.versions else 0,
+            policy_version=min([v for v, m in zip(self.token_versions, self.mask, strict=True) if m]
+                               or self.versions or [0]),
             prompt_len=self.prompt_len,
             turn_starts=tuple(self.turn_starts),
             truncated=self.truncated,
             metrics=metrics,
             task_id=str(task.get("id", "")),
+            token_versions=np.asarray(self.token_versions, np.int32),
         )
 
 

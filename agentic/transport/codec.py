@@ -35,6 +35,8 @@ def trajectory_to_proto(traj: Trajectory) -> pb.Trajectory:
     )
     if traj.token_rewards is not None:
         msg.token_rewards = np.asarray(traj.token_rewards, _FLOAT32).tobytes()
+    if traj.token_versions is not None:
+        msg.token_versions = np.asarray(traj.token_versions, _INT32).tobytes()
     return msg
 
 
@@ -69,6 +71,9 @@ def trajectory_from_proto(msg: pb.Trajectory, where: str = "trajectory") -> Traj
         truncated=msg.truncated,
         metrics=dict(msg.metrics),
         task_id=msg.task_id,
+        token_versions=(
+            _unpack(msg, "token_versions", _INT32, where, n) if msg.HasField("token_versions") else None
+        ),
     )
 
 

@@ -20,6 +20,12 @@ its connection loses its groups.
 
 Standalone server: `python -m agentic.transport.grpc_queue --port 50060 --capacity-groups 64`.
 
+Trust (`auth.py`): PutGroup and Stats need the run's token when the server has one (it must, to
+bind off loopback); GetGroups, SetVersion and Close need the learner's token, which a server
+started without `learner_token` makes up and keeps (its learner uses `server.queue` in process).
+A pushed group is checked (`validate.py`): finite rewards and log-probs, tokens inside
+`vocab_size`, a policy version the learner issued; else INVALID_ARGUMENT naming the field.
+
 Size: past 400 lines because the server, the client and the error mapping between them are one
 wire contract, read in one place; the queue itself is `queue.py`, the array codec `codec.py`.
 """
@@ -35,7 +41,7 @@ import grpc
 
 from agentic.async_thread import AsyncThread
 from agentic.core import Trajectory
-from agentic.transport import codec
+from agentic.transport import auth, codec
 from agentic.transport.proto import trajectory_queue_pb2 as pb
 from agentic.transport.proto import trajectory_queue_pb2_grpc as pb_grpc
 from agentic.transport.queue import (
@@ -48,6 +54,7 @@ from agentic.transport.queue import (
     TrajectoryQueue,
     validate_group,
 )
+from agentic.transport.validate import validate_pushed_group
 
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 _UNLIMITED = -1
@@ -83,9 +90,13 @@ def _wait_bound(request, context) -> float | None:
     return timeout
 
 
+LEARNER_METHODS = ("GetGroups", "SetVersion", "Close")
+
+
 class _Servicer(pb_grpc.TrajectoryQueueServicer):
-    def __init__(self, queue: InProcessTrajectoryQueue):
+    def __init__(self, queue: InProcessTrajectoryQueue, vocab_size: int | None):
         self.queue = queue
+        self.vocab_size = vocab_size
 
     async def _abort(self, context, err: Exception, method: str):
         if isinstance(err, QueueClosed):
@@ -95,6 +106,8 @@ class _Servicer(pb_grpc.TrajectoryQueueServicer):
     async def PutGroup(self, request, context):
         try:
             group = codec.group_from_proto(request.group)
+            validate_pushed_group(group, learner_version=int(self.queue.stats()["learner_version"]),
+                                  vocab_size=self.vocab_size)
             accepted = await self.queue.aput(group, _wait_bound(request, context))
         except (ValueError, QueueClosed) as err:
             await self._abort(context, err, "PutGroup")
@@ -140,6 +153,11 @@ class TrajectoryQueueServer:
       port: 0 picks a free port (see `.port` after `start()`).
       max_message_bytes: largest PutGroup request accepted (one group). Replies are
         not limited, so a GetGroups reply is never lost to its size.
+      token: the run's token actors send (default $AGENTIC_TRANSPORT_TOKEN); required off loopback.
+      learner_token: the token for GetGroups/SetVersion/Close (default: a random one nobody knows).
+      insecure: allow a non-loopback bind without a token (a closed network only).
+      tls_cert, tls_key: PEM files: serve TLS.
+      vocab_size: pushed tokens must be in [0, vocab_size) (None: unchecked).
     """
 
     def __init__(
@@ -150,7 +168,18 @@ class TrajectoryQueueServer:
         host: str = "127.0.0.1",
         port: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        token: str | None = None,
+        learner_token: str | None = None,
+        insecure: bool = False,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        vocab_size: int | None = None,
     ):
+        self.token = auth.resolve_token(token)
+        auth.check_bind("trajectory queue server", host, self.token, insecure)
+        self._auth = auth.BearerAuth(self.token, learner_token, LEARNER_METHODS)
+        self.tls = (tls_cert, tls_key)
+        self.vocab_size = vocab_size
         if queue is not None and config is not None:
             raise ValueError("pass either a queue or a config for a new queue, not both")
         self.queue = queue if queue is not None else InProcessTrajectoryQueue(config)
@@ -186,11 +215,12 @@ class TrajectoryQueueServer:
                 ("grpc.max_send_message_length", _UNLIMITED),
                 ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
                 *_SERVER_KEEPALIVE,
-            ]
+            ],
+            interceptors=[self._auth],
         )
-        pb_grpc.add_TrajectoryQueueServicer_to_server(_Servicer(self.queue), server)
+        pb_grpc.add_TrajectoryQueueServicer_to_server(_Servicer(self.queue, self.vocab_size), server)
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            port = auth.add_port(server, f"{self.host}:{self.port}", *self.tls)
         except RuntimeError as err:
             port = 0
             cause = err
@@ -247,6 +277,9 @@ class GrpcTrajectoryQueue(TrajectoryQueue):
       deadline_margin_s: added to a put/get `timeout` to form the call's deadline, so the
         server's "timed out" answer arrives before the deadline does.
       rpc_timeout_s: deadline of the quick calls (SetVersion, Stats, Close).
+      token: the run's token (default $AGENTIC_TRANSPORT_TOKEN).
+      learner_token: the learner's token, for get/set_learner_version/close_remote.
+      tls_ca: PEM file of the CA that signed the server's certificate: connect with TLS.
     """
 
     def __init__(
@@ -256,19 +289,24 @@ class GrpcTrajectoryQueue(TrajectoryQueue):
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         deadline_margin_s: float = 10.0,
         rpc_timeout_s: float = 30.0,
+        token: str | None = None,
+        learner_token: str | None = None,
+        tls_ca: str | None = None,
     ):
         self.address = address
+        self._metadata = auth.metadata(learner_token or auth.resolve_token(token))
         self.max_message_bytes = max_message_bytes
         self.deadline_margin_s = deadline_margin_s
         self.rpc_timeout_s = rpc_timeout_s
         self._closed = False
-        self._channel = grpc.insecure_channel(
+        self._channel = auth.channel(
             address,
-            options=[
+            [
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", _UNLIMITED),
                 *_CLIENT_KEEPALIVE,
             ],
+            tls_ca,
         )
         self._stub = pb_grpc.TrajectoryQueueStub(self._channel)
 
@@ -280,6 +318,8 @@ class GrpcTrajectoryQueue(TrajectoryQueue):
         code, details = err.code(), err.details()
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return ValueError(details)
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return PermissionError(f"{method} to the trajectory queue at {self.address}: {details}")
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             return QueueClosed(f"trajectory queue at {self.address} is closed ({details})")
         if code in (
@@ -304,7 +344,7 @@ class GrpcTrajectoryQueue(TrajectoryQueue):
     def _call(self, method: str, request, timeout: float | None):
         self._check_open()
         try:
-            return getattr(self._stub, method)(request, timeout=timeout)
+            return getattr(self._stub, method)(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise self._error(err, method) from err
 
@@ -313,7 +353,7 @@ class GrpcTrajectoryQueue(TrajectoryQueue):
         self._check_open()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        call = getattr(self._stub, method).future(request, timeout=timeout)
+        call = getattr(self._stub, method).future(request, timeout=timeout, metadata=self._metadata)
 
         def on_done(c):
             try:
@@ -404,10 +444,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-lag", type=int, default=QueueConfig.max_lag)
     parser.add_argument("--reuse", type=int, default=QueueConfig.reuse)
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    parser.add_argument("--token-file", help="file holding the run's token (else $AGENTIC_TRANSPORT_TOKEN)")
+    parser.add_argument("--learner-token-file", help="file holding the learner's token (GetGroups, SetVersion, Close)")
+    parser.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    parser.add_argument("--vocab-size", type=int)
     args = parser.parse_args(argv)
+
+    def read(path):
+        return open(path).read().strip() if path else None
+
     config = QueueConfig(capacity_groups=args.capacity_groups, max_lag=args.max_lag, reuse=args.reuse)
     server = TrajectoryQueueServer(
-        config=config, host=args.host, port=args.port, max_message_bytes=args.max_message_bytes
+        config=config, host=args.host, port=args.port, max_message_bytes=args.max_message_bytes,
+        token=read(args.token_file), learner_token=read(args.learner_token_file), insecure=args.insecure,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, vocab_size=args.vocab_size,
     ).start()
     print(f"trajectory queue serving on {server.address} ({config})", flush=True)
     try:

@@ -88,7 +88,7 @@ def validate_group(group: Sequence[Trajectory]) -> None:
 
 def group_version(group: Sequence[Trajectory]) -> int:
     """The policy version of a group: the oldest version that produced any of its tokens."""
-    return min(t.policy_version for t in group)
+    return min(t.oldest_version for t in group)
 
 
 @dataclasses.dataclass(eq=False)

@@ -24,6 +24,10 @@ The client checks every chunk against a template pytree (names, shapes, dtypes; 
 names the tensor), so a learner and actor with different models fail loudly instead of
 serving garbage. Transport failures raise `WeightStreamUnavailable` (a ConnectionError
 naming the address); a Fetch that saw no such version within its deadline, TimeoutError.
+
+Trust (`auth.py`): with a token (required to bind off loopback; default
+$AGENTIC_TRANSPORT_TOKEN) every call needs `authorization: Bearer <token>`: the weights are the
+run's, not the network's. TLS with `tls_cert`/`tls_key` (server) and `tls_ca` (client).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import numpy as np
 
 from agentic.async_thread import AsyncThread
 from agentic.core import WeightPublisher
+from agentic.transport import auth
 from agentic.transport.grpc_queue import _CLIENT_KEEPALIVE, _SERVER_KEEPALIVE, _UNLIMITED
 from agentic.transport.proto import weight_stream_pb2 as pb
 from agentic.transport.proto import weight_stream_pb2_grpc as pb_grpc
@@ -135,9 +140,18 @@ class WeightStreamServer:
       host: interface to bind; 127.0.0.1 by default (0.0.0.0 for actors on other hosts).
       port: 0 picks a free port (see `.port` / `.address` after `start()`).
       chunk_bytes: the most data bytes in one chunk; bigger tensors are split.
+      token: clients must send it (default $AGENTIC_TRANSPORT_TOKEN); required off loopback.
+      insecure: allow a non-loopback bind without a token (a closed network only).
+      tls_cert, tls_key: PEM files: serve TLS.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, chunk_bytes: int = DEFAULT_CHUNK_BYTES, *,
+                 token: str | None = None, insecure: bool = False, tls_cert: str | None = None,
+                 tls_key: str | None = None):
+        self.token = auth.resolve_token(token)
+        auth.check_bind("weight stream server", host, self.token, insecure)
+        self._auth = auth.BearerAuth(self.token, None, ())
+        self.tls = (tls_cert, tls_key)
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes={chunk_bytes} must be > 0")
         self.host, self.port, self.chunk_bytes = host, port, chunk_bytes
@@ -170,10 +184,11 @@ class WeightStreamServer:
     async def _start_server(self) -> grpc.aio.Server:
         self._changed = asyncio.Event()
         server = grpc.aio.server(options=[("grpc.max_send_message_length", _UNLIMITED),
-                                          ("grpc.so_reuseport", 0), *_SERVER_KEEPALIVE])
+                                          ("grpc.so_reuseport", 0), *_SERVER_KEEPALIVE],
+                                 interceptors=[self._auth])
         pb_grpc.add_WeightStreamServicer_to_server(_Servicer(self), server)
         try:
-            port = server.add_insecure_port(f"{self.host}:{self.port}")
+            port = auth.add_port(server, f"{self.host}:{self.port}", *self.tls)
         except RuntimeError as err:
             raise OSError(f"weight stream server cannot bind {self.address} (port in use?)") from err
         if port == 0:
@@ -236,12 +251,16 @@ class WeightStreamClient:
       address: "host:port" of the server.
       timeout_s: deadline of `latest_version` / `info`.
       fetch_timeout_s: default deadline of `fetch` (waiting for the version plus the transfer).
+      token: the run's token (default $AGENTIC_TRANSPORT_TOKEN).
+      tls_ca: PEM file of the CA that signed the server's certificate: connect with TLS.
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 10.0, fetch_timeout_s: float = 600.0):
+    def __init__(self, address: str, *, timeout_s: float = 10.0, fetch_timeout_s: float = 600.0,
+                 token: str | None = None, tls_ca: str | None = None):
         self.address, self.timeout_s, self.fetch_timeout_s = address, timeout_s, fetch_timeout_s
-        self._channel = grpc.insecure_channel(
-            address, options=[("grpc.max_receive_message_length", _UNLIMITED), *_CLIENT_KEEPALIVE])
+        self._metadata = auth.metadata(auth.resolve_token(token))
+        self._channel = auth.channel(
+            address, [("grpc.max_receive_message_length", _UNLIMITED), *_CLIENT_KEEPALIVE], tls_ca)
         self._stub = pb_grpc.WeightStreamStub(self._channel)
 
     def _error(self, err: grpc.RpcError, method: str) -> Exception:
@@ -250,12 +269,14 @@ class WeightStreamClient:
             return WeightStreamUnavailable(
                 f"{method} to the weight stream server at {self.address} failed with {code.name}: "
                 f"{err.details()}. Is the learner's WeightStreamServer running?")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return PermissionError(f"{method} to the weight stream at {self.address}: {err.details()}")
         return RuntimeError(f"{method} to {self.address} failed with {code.name}: {err.details()}")
 
     def info(self) -> dict[str, int]:
         """{"version", "num_tensors", "total_bytes"} of the newest published weights (version -1: none)."""
         try:
-            reply = self._stub.Latest(pb.LatestRequest(), timeout=self.timeout_s)
+            reply = self._stub.Latest(pb.LatestRequest(), timeout=self.timeout_s, metadata=self._metadata)
         except grpc.RpcError as err:
             raise self._error(err, "Latest") from err
         return {"version": reply.version, "num_tensors": reply.num_tensors, "total_bytes": reply.total_bytes}
@@ -271,7 +292,8 @@ class WeightStreamClient:
         specs = {jax.tree_util.keystr(p): (tuple(leaf.shape), np.dtype(leaf.dtype)) for p, leaf in paths}
         bufs: dict[str, bytearray] = {}
         version = None
-        call = self._stub.Fetch(pb.FetchRequest(min_version=min_version), timeout=timeout)
+        call = self._stub.Fetch(pb.FetchRequest(min_version=min_version), timeout=timeout,
+                                 metadata=self._metadata)
         try:
             for chunk in call:
                 if version is None:

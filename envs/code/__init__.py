@@ -1,4 +1,4 @@
-"""Python code tool: a sandboxed interpreter (rlimits, timeout, no network) as an env and as a tool."""
+"""Python code tool: a bubblewrap sandbox (namespaces, rlimits, timeout, no network) as an env and as a tool."""
 
 from agentic.env.registry import EnvSpec, register
 from agentic.env.tools import register_tool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 from agentic.core import Env, Observation, Step, Task
 from agentic.env.tools import Tool, ToolError
 from envs.code.sandbox import SandboxLimits, run_python
+
+_DEFAULT_LIMITS = SandboxLimits()
 
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.DOTALL)
 _CODE_TAG = re.compile(r"<code>(.*?)</code>", re.DOTALL)
@@ -20,17 +23,37 @@ def extract_code(action: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-def _limits(kwargs: Mapping[str, Any]) -> SandboxLimits:
-    return SandboxLimits(**kwargs)
+def _limits(kwargs: Mapping[str, Any], ceiling: SandboxLimits = _DEFAULT_LIMITS) -> SandboxLimits:
+    """Limits a client asked for (env kwargs): each may only tighten the env host's `ceiling`.
+
+    The ceiling is the host's (`SandboxLimits()` as registered); a client cannot raise memory, CPU,
+    time, disk or process limits, nor turn the network on.
+    """
+    fields = {f.name for f in dataclasses.fields(SandboxLimits)}
+    for name, value in kwargs.items():
+        if name not in fields:
+            raise ValueError(f"unknown sandbox limit {name!r}; known: {sorted(fields)}")
+        if name == "network":
+            if value and not ceiling.network:
+                raise ValueError("'network' is set by the env host's spec, not by a client: this host runs "
+                                 "code without network")
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value <= getattr(ceiling, name):
+            raise ValueError(f"sandbox limit {name}={value!r} must be a number <= the host's "
+                             f"{getattr(ceiling, name)} (a client may only tighten limits)")
+        if isinstance(getattr(ceiling, name), int) and not float(value).is_integer():
+            raise ValueError(f"sandbox limit {name} must be a whole number, got {value!r}")
+    return dataclasses.replace(ceiling, **{name: type(getattr(ceiling, name))(value) for name, value in kwargs.items()})
 
 
 class CodeEnv(Env):
     """Write Python that passes the task's tests; each attempt runs in the sandbox.
 
-    Task: `{"prompt": str, "tests": str}` where `tests` is Python (e.g. asserts) appended to the
-    model's code; exit code 0 = pass, reward 1, done. A failing attempt shows the output and the
-    episode goes on, up to `max_turns` attempts. Env kwargs: `max_turns` (3) and any
-    `SandboxLimits` field (`timeout_s`, `memory_mb`, `cpu_s`, ...).
+    Task: `{"prompt": str, "tests": str}` where `tests` is Python (e.g. asserts) run after the
+    model's code in its namespace; a pass (reward 1, done) needs the sandbox's evidence that the code
+    and every test ran (`RunResult.passed`), not an exit status. A failing attempt shows the output
+    and the episode goes on, up to `max_turns` attempts. Env kwargs: `max_turns` (3) and any
+    `SandboxLimits` field at or below the host's defaults (`timeout_s`, `memory_mb`, `cpu_s`, ...).
     """
 
     def __init__(self, max_turns: int = 3, **limits: Any):
@@ -54,9 +77,9 @@ class CodeEnv(Env):
         if code is None:
             text = "No ```python code block found in your answer."
         else:
-            result = await run_python(code + "\n\n" + self.tests, self.limits)
+            result = await run_python(code, self.limits, tests=self.tests)
             self.timeouts += result.timed_out
-            if result.ok:
+            if result.passed and not result.timed_out:
                 self.passed = True
                 return Step(observation="All tests passed.", reward=1.0, done=True,
                             info={"metrics": self.metrics()})

@@ -79,6 +79,14 @@ _BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
 _FUNCS = {"sqrt": math.sqrt, "log": math.log, "exp": math.exp, "sin": math.sin, "cos": math.cos,
           "tan": math.tan, "abs": abs, "round": round}
 _CONSTS = {"pi": math.pi, "e": math.e}
+MAX_BITS = 16_384  # an exact intermediate past this many bits (~4,900 digits) is refused: 999**999 * ... is a DoS
+MAX_ANSWER_CHARS = 1000  # a longer answer is compared as text only, never evaluated
+
+
+def _bounded(value):
+    if isinstance(value, Fraction) and max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
+        raise ValueError(f"number too large (over {MAX_BITS} bits)")
+    return value
 
 
 def safe_eval(expression: str) -> float | Fraction:
@@ -103,9 +111,9 @@ def safe_eval(expression: str) -> float | Fraction:
                 if abs(right) > 1000 or abs(left) > 1e100:
                     raise ValueError("exponent too large")
                 if isinstance(right, Fraction) and right.denominator == 1:
-                    return left ** int(right)
+                    return _bounded(left ** int(right))
                 return float(left) ** float(right)
-            return _BINOPS[type(node.op)](left, right)
+            return _bounded(_BINOPS[type(node.op)](left, right))
         if isinstance(node, ast.Name) and node.id in _CONSTS:
             return _CONSTS[node.id]
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _FUNCS
@@ -120,11 +128,14 @@ def safe_eval(expression: str) -> float | Fraction:
 
 
 def _value(s: str) -> float | None:
+    if len(s) > MAX_ANSWER_CHARS:
+        return None
     s = re.sub(r"(?<=[\d)])(?=[a-z(])", "*", s)  # implicit multiplication: 2pi, 2sqrt(2), 3(4)
     try:
-        return float(safe_eval(s))
-    except (ValueError, TypeError, RecursionError):
+        value = float(safe_eval(s))
+    except (ValueError, TypeError, RecursionError, OverflowError, MemoryError):
         return None
+    return None if math.isnan(value) else value
 
 
 def is_equivalent(predicted: str | None, gold: str, rel_tol: float = 1e-6) -> bool:

@@ -167,18 +167,32 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def tpu_recipe(model: str, ppo: bool) -> ml_collections.ConfigDict:
+def tpu_recipe(model: str, ppo: bool, topology: str = "v5p:2x2x4") -> ml_collections.ConfigDict:
     """The paper's runs, from Search-R1's scripts/nq_hotpotqa/v0.2/train_{grpo,ppo}.sh (tests/experiments/
-    test_configs.py checks each field against its script line)."""
+    test_configs.py checks each field against its script line), laid out for a TPU slice.
+
+    Placement (checked by `tools/aot_check.py`, per-chip memory in BUILD.md "TPU recipes"): on each host
+    of the slice, the embedded engine takes 2 chips (tensor parallel over heads and KV heads, bf16
+    weights and KV cache) and the learner the others; the learner's chips of all hosts form one fsdp
+    mesh (f32 master weights and AdamW moments, bf16 compute, the frozen KL reference in bf16).
+    """
     c = base_config()
     c.model.name = model
+    c.model.dtype = "bfloat16"          # the engine's weights and KV cache
     c.distributed = True
+    c.tpu = ml_collections.ConfigDict()
+    c.tpu.topology = topology           # what launch_tpu.sh creates and tools/aot_check.py compiles for
+    c.sebulba.actor_devices = 2         # per host: the engine's chips
+    c.generator.tp_size = 2
+    c.learner.micro_batch_size = 8      # a multiple of data * fsdp: one 4,096-token row per learner chip
     c.data.source = "data/nq_hotpotqa_train.parquet"
     c.data.eval_source = "data/search_r1_test.parquet"
     c.env.kwargs.retriever = "http"
     c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"  # e5 over wiki-18, Search-R1's server
-    c.generator.num_slots = 256
-    c.learner.mesh_shape = (1, -1, 1)
+    c.generator.num_slots = 256         # per host
+    # 2 data-parallel replicas, fsdp over the rest: on v5p's 8 learner chips an 8-way fsdp mesh stops
+    # libtpu's compiler (a check in its collective-matmul emitter); (2, 4, 1) compiles and fits
+    c.learner.mesh_shape = (2, -1, 1)
     # ppo_mini_batch_size=256 of train_batch_size=512: two optimizer steps per update. verl warms the
     # lr up over lr_warmup_steps_ratio x total_training_steps updates; our schedule counts optimizer
     # steps, hence x 2.

@@ -42,3 +42,15 @@ def test_math_env_single_step_reward():
     right, wrong = asyncio.run(episode("It is \\boxed{4}")), asyncio.run(episode("\\boxed{5}"))
     assert right.done and right.reward == 1.0 and right.info["extracted"] == "4"
     assert wrong.reward == 0.0 and wrong.info["correct"] is False
+
+
+def test_hostile_answers_are_refused_quickly_and_never_raise():
+    """Issue 31: answers the checker evaluates cannot crash the env (OverflowError) or stall it (huge ints)."""
+    import time
+
+    start = time.monotonic()
+    assert not is_equivalent("10**400", "1")  # float(10**400) overflowed out of the checker
+    assert not is_equivalent("*".join(["999**999"] * 300), "1")  # a 900,000-digit product took seconds
+    assert not is_equivalent("1" + "+1" * 5000, "5001")  # too long to evaluate: text only
+    assert time.monotonic() - start < 1.0
+    assert is_equivalent("2**10", "1024") and is_equivalent("\\frac{3}{4}", "0.75")  # ordinary answers still match

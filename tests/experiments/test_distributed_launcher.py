@@ -22,7 +22,10 @@ def launch(workdir, total_steps: int) -> list[str]:
         [sys.executable, "experiments/search_r1.py", "--config=experiments/configs/search_r1.py:test",
          f"--workdir={workdir}", "--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
          "--config.num_processes=2", f"--config.process_id={i}", f"--config.total_steps={total_steps}",
-         "--config.eval_every=0", "--config.eval_tasks=0"],
+         "--config.eval_every=0", "--config.eval_tasks=0",
+         # async: each step takes exactly its share of the batch from the queue (sync mode would also
+         # train the groups drained at a pause)
+         "--config.sebulba.mode=async", "--config.sebulba.dynamic_sampling=False", "--config.queue.max_lag=4"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = []
     for p in procs:
@@ -52,4 +55,8 @@ def test_two_processes_train_one_model_write_once_and_resume(tmp_path):
     for log in logs:
         assert "resumed from checkpoint at step 1" in log, log[-3000:]
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if r["split"] == "train"] == [1, 2]  # one row per step: a single writer
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2]  # one row per step: a single writer
+    # learner.batch_groups (2) is the global batch: each process collected one group of 2 episodes
+    for r in train_rows:
+        assert (r["batch/trajectories"], r["batch/trajectories_global"]) == (2.0, 4.0), r

@@ -63,6 +63,23 @@ def test_weight_sync_pauses_then_continues():
     asyncio.run(main())
 
 
+def test_pause_and_continue_generation():
+    """The client's own pause / continue: a request sent while paused waits for the continue."""
+    async def main():
+        async with standin(step_s=0.01) as (server, client):
+            assert await client.pause_generation("in_place") == {client.servers[0].url: True}
+            waiting = asyncio.ensure_future(client.generate_one(req(max_new_tokens=4)))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            assert await client.continue_generation() == {client.servers[0].url: True}
+            c = await asyncio.wait_for(waiting, 5)
+            assert c.finish_reason == "length" and server.calls == ["pause:in_place", "generate", "continue"]
+            with pytest.raises(ValueError, match="pause mode"):
+                await client.pause_generation("later")
+
+    asyncio.run(main())
+
+
 def test_overload_backs_off_and_retries_within_a_budget():
     async def main():
         async with standin(queue_full=3) as (server, client):
@@ -74,6 +91,32 @@ def test_overload_backs_off_and_retries_within_a_budget():
             with pytest.raises(GeneratorError, match=r"overloaded for .* \(overload_budget_s=0.3\).*queue is full"):
                 await client.generate_one(req())
             assert 0.3 <= time.monotonic() - t < 2.0
+
+    asyncio.run(main())
+
+
+def test_an_overloaded_server_is_avoided_while_another_is_calm():
+    """Two servers on loopback, the first answering 503 (queue full): of several requests in a row only
+    the first touches it; each is served by the calm one without waiting out a backoff."""
+    async def main():
+        full, full_runner, full_url = await start_standin(queue_full=10**6)
+        calm, calm_runner, calm_url = await start_standin()
+        client = SGLangClient([full_url, calm_url])
+        try:
+            t = time.monotonic()
+            for _ in range(6):
+                c = await client.generate_one(req())
+                assert c.finish_reason == "length"
+            assert full.calls.count("generate") == 1 and calm.calls.count("generate") == 6
+            assert client.stats["overloaded"] == 1 and time.monotonic() - t < client.overload_mark_s
+            # once its mark ends it is tried again (ties rotate: by one of the next two), then avoided again
+            client.servers[0].overloaded_until = 0.0
+            await client.generate([req(), req()])
+            assert full.calls.count("generate") == 2 and client.servers[0].overload_streak == 2
+        finally:
+            await client.close()
+            await full_runner.cleanup()
+            await calm_runner.cleanup()
 
     asyncio.run(main())
 

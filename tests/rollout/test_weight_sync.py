@@ -41,6 +41,10 @@ def test_weight_sync_to_sglang_servers(tmp_path):
         # What the servers loaded is exactly what the learner had.
         reloaded = models.load_model(str(tmp_path / "weights" / "version_000001"))[1]
         assert all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(reloaded), strict=True))
+        # The next version replaces it on disk: one export kept, not one per step
+        SGLangWeights(client, str(tmp_path / "weights"), cfg, tokenizer, thread.run).publish(old, 2)
+        assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == ["version_000002"]
+        assert thread.run(client.generate_one(request), timeout=120).weight_version == 2
     finally:
         thread.run(client.close(), timeout=30)
         thread.run(runner.cleanup(), timeout=30)

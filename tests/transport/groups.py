@@ -29,6 +29,9 @@ def make_group(group_id: str = "g0", n: int = 3, version: int = 0, length: int =
                 truncated=bool(i % 2),
                 metrics={"em": 1.0 / 3.0, "turns": 2.0, "search_calls": float(i)},
                 task_id=f"task-{group_id}",
+                # per-token versions (a weight swap mid-episode) on every other trajectory
+                token_versions=(np.r_[np.full(3, -1), np.full(t // 2 - 3, version + i % 2),
+                                      np.full(t - t // 2, version + 1 + i % 2)].astype(np.int32) if i % 2 else None),
             )
         )
     return group
@@ -40,7 +43,7 @@ def assert_groups_equal(got, want):
     for g, w in zip(got, want, strict=True):
         assert len(g) == len(w)
         for a, b in zip(g, w, strict=True):
-            for name in ("tokens", "loss_mask", "behavior_logprobs", "token_rewards"):
+            for name in ("tokens", "loss_mask", "behavior_logprobs", "token_rewards", "token_versions"):
                 x, y = getattr(a, name), getattr(b, name)
                 if y is None:
                     assert x is None, name

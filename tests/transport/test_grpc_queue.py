@@ -19,6 +19,8 @@ from agentic.transport.proto import trajectory_queue_pb2_grpc as pb_grpc
 from agentic.transport.queue import QueueClosed, QueueConfig, QueueError, QueueUnavailable
 from tests.transport.groups import assert_groups_equal, make_group
 
+LEARNER = "learner-token-for-tests"  # the learner's credential: GetGroups, SetVersion and Close need it
+
 
 @pytest.fixture
 def serve():
@@ -26,8 +28,8 @@ def serve():
     started = []
 
     def start(config=None, **kwargs):
-        server = TrajectoryQueueServer(config=config or QueueConfig(), **kwargs).start()
-        client = GrpcTrajectoryQueue(server.address, deadline_margin_s=2.0, rpc_timeout_s=5.0)
+        server = TrajectoryQueueServer(config=config or QueueConfig(), learner_token=LEARNER, **kwargs).start()
+        client = GrpcTrajectoryQueue(server.address, deadline_margin_s=2.0, rpc_timeout_s=5.0, learner_token=LEARNER)
         started.append((server, client))
         return server, client
 
@@ -55,12 +57,13 @@ def _in_thread(fn, *args):
 def test_round_trip_preserves_every_field_exactly(serve):
     server, client = serve()
     groups = [make_group(f"g{i}", n=4, version=7, seed=i) for i in range(3)]
+    server.queue.set_learner_version(7)  # versions 7 and 8 (7 + i % 2) were issued
     def with_logprob(tr, index, value):
         logprobs = tr.behavior_logprobs.copy()
         logprobs[index] = value
         return dataclasses.replace(tr, behavior_logprobs=logprobs)
 
-    groups[0][0] = with_logprob(groups[0][0], -1, -np.inf)
+    groups[0][0] = with_logprob(groups[0][0], -1, np.finfo(np.float32).min)
     groups[0][1] = with_logprob(groups[0][1], -2, np.float32(-1e-45))  # subnormal
     groups[1][0] = dataclasses.replace(groups[1][0], metrics={})
     for g in groups[:2]:
@@ -110,6 +113,7 @@ def test_get_returns_what_it_has_at_timeout(serve):
 def test_staleness_filter_and_reuse_over_grpc(serve):
     server, client = serve(QueueConfig(max_lag=1, reuse=2))
     for version in (0, 1, 2):
+        client.set_learner_version(max(0, version - 1))  # a group's version is one the learner issued
         client.put(make_group(f"v{version}", n=1, version=version))
     client.set_learner_version(2)
     assert [g[0].group_id for g in client.get(2, timeout=1.0)] == ["v1", "v2"]

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.agentic/transport/proto/trajectory_queue.proto\x12\x11\x61gentic.transport\"\xec\x02\n\nTrajectory\x12\x0e\n\x06tokens\x18\x01 \x01(\x0c\x12\x11\n\tloss_mask\x18\x02 \x01(\x0c\x12\x19\n\x11\x62\x65havior_logprobs\x18\x03 \x01(\x0c\x12\x0e\n\x06reward\x18\x04 \x01(\x01\x12\x10\n\x08group_id\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x12\n\nprompt_len\x18\x07 \x01(\x03\x12\x13\n\x0bturn_starts\x18\x08 \x03(\x03\x12\x1a\n\rtoken_rewards\x18\t \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\ttruncated\x18\n \x01(\x08\x12;\n\x07metrics\x18\x0b \x03(\x0b\x32*.agentic.transport.Trajectory.MetricsEntry\x12\x0f\n\x07task_id\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x10\n\x0e_token_rewards\"<\n\x05Group\x12\x33\n\x0ctrajectories\x18\x01 \x03(\x0b\x32\x1d.agentic.transport.Trajectory\"`\n\x0fPutGroupRequest\x12\'\n\x05group\x18\x01 \x01(\x0b\x32\x18.agentic.transport.Group\x12\x16\n\ttimeout_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"$\n\x10PutGroupResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"L\n\x10GetGroupsRequest\x12\x12\n\nnum_groups\x18\x01 \x01(\x05\x12\x16\n\ttimeout_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"=\n\x11GetGroupsResponse\x12(\n\x06groups\x18\x01 \x03(\x0b\x32\x18.agentic.transport.Group\"$\n\x11SetVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x14\n\x12SetVersionResponse\"\x0e\n\x0cStatsRequest\"\xec\x01\n\rStatsResponse\x12<\n\x06\x63ounts\x18\x01 \x03(\x0b\x32,.agentic.transport.StatsResponse.CountsEntry\x12>\n\x07seconds\x18\x02 \x03(\x0b\x32-.agentic.transport.StatsResponse.SecondsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0e\n\x0c\x43loseRequest\"\x0f\n\rCloseResponse2\xb1\x03\n\x0fTrajectoryQueue\x12S\n\x08PutGroup\x12\".agentic.transport.PutGroupRequest\x1a#.agentic.transport.PutGroupResponse\x12V\n\tGetGroups\x12#.agentic.transport.GetGroupsRequest\x1a$.agentic.transport.GetGroupsResponse\x12Y\n\nSetVersion\x12$.agentic.transport.SetVersionRequest\x1a%.agentic.transport.SetVersionResponse\x12J\n\x05Stats\x12\x1f.agentic.transport.StatsRequest\x1a .agentic.transport.StatsResponse\x12J\n\x05\x43lose\x12\x1f.agentic.transport.CloseRequest\x1a .agentic.transport.CloseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.agentic/transport/proto/trajectory_queue.proto\x12\x11\x61gentic.transport\"\x9c\x03\n\nTrajectory\x12\x0e\n\x06tokens\x18\x01 \x01(\x0c\x12\x11\n\tloss_mask\x18\x02 \x01(\x0c\x12\x19\n\x11\x62\x65havior_logprobs\x18\x03 \x01(\x0c\x12\x0e\n\x06reward\x18\x04 \x01(\x01\x12\x10\n\x08group_id\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\x12\x12\n\nprompt_len\x18\x07 \x01(\x03\x12\x13\n\x0bturn_starts\x18\x08 \x03(\x03\x12\x1a\n\rtoken_rewards\x18\t \x01(\x0cH\x00\x88\x01\x01\x12\x11\n\ttruncated\x18\n \x01(\x08\x12;\n\x07metrics\x18\x0b \x03(\x0b\x32*.agentic.transport.Trajectory.MetricsEntry\x12\x0f\n\x07task_id\x18\x0c \x01(\t\x12\x1b\n\x0etoken_versions\x18\r \x01(\x0cH\x01\x88\x01\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x10\n\x0e_token_rewardsB\x11\n\x0f_token_versions\"<\n\x05Group\x12\x33\n\x0ctrajectories\x18\x01 \x03(\x0b\x32\x1d.agentic.transport.Trajectory\"`\n\x0fPutGroupRequest\x12\'\n\x05group\x18\x01 \x01(\x0b\x32\x18.agentic.transport.Group\x12\x16\n\ttimeout_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"$\n\x10PutGroupResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"L\n\x10GetGroupsRequest\x12\x12\n\nnum_groups\x18\x01 \x01(\x05\x12\x16\n\ttimeout_s\x18\x02 \x01(\x01H\x00\x88\x01\x01\x42\x0c\n\n_timeout_s\"=\n\x11GetGroupsResponse\x12(\n\x06groups\x18\x01 \x03(\x0b\x32\x18.agentic.transport.Group\"$\n\x11SetVersionRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\"\x14\n\x12SetVersionResponse\"\x0e\n\x0cStatsRequest\"\xec\x01\n\rStatsResponse\x12<\n\x06\x63ounts\x18\x01 \x03(\x0b\x32,.agentic.transport.StatsResponse.CountsEntry\x12>\n\x07seconds\x18\x02 \x03(\x0b\x32-.agentic.transport.StatsResponse.SecondsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\x1a.\n\x0cSecondsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x0e\n\x0c\x43loseRequest\"\x0f\n\rCloseResponse2\xb1\x03\n\x0fTrajectoryQueue\x12S\n\x08PutGroup\x12\".agentic.transport.PutGroupRequest\x1a#.agentic.transport.PutGroupResponse\x12V\n\tGetGroups\x12#.agentic.transport.GetGroupsRequest\x1a$.agentic.transport.GetGroupsResponse\x12Y\n\nSetVersion\x12$.agentic.transport.SetVersionRequest\x1a%.agentic.transport.SetVersionResponse\x12J\n\x05Stats\x12\x1f.agentic.transport.StatsRequest\x1a .agentic.transport.StatsResponse\x12J\n\x05\x43lose\x12\x1f.agentic.transport.CloseRequest\x1a .agentic.transport.CloseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,35 +38,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATSRESPONSE_SECONDSENTRY']._loaded_options = None
   _globals['_STATSRESPONSE_SECONDSENTRY']._serialized_options = b'8\001'
   _globals['_TRAJECTORY']._serialized_start=70
-  _globals['_TRAJECTORY']._serialized_end=434
-  _globals['_TRAJECTORY_METRICSENTRY']._serialized_start=370
-  _globals['_TRAJECTORY_METRICSENTRY']._serialized_end=416
-  _globals['_GROUP']._serialized_start=436
-  _globals['_GROUP']._serialized_end=496
-  _globals['_PUTGROUPREQUEST']._serialized_start=498
-  _globals['_PUTGROUPREQUEST']._serialized_end=594
-  _globals['_PUTGROUPRESPONSE']._serialized_start=596
-  _globals['_PUTGROUPRESPONSE']._serialized_end=632
-  _globals['_GETGROUPSREQUEST']._serialized_start=634
-  _globals['_GETGROUPSREQUEST']._serialized_end=710
-  _globals['_GETGROUPSRESPONSE']._serialized_start=712
-  _globals['_GETGROUPSRESPONSE']._serialized_end=773
-  _globals['_SETVERSIONREQUEST']._serialized_start=775
-  _globals['_SETVERSIONREQUEST']._serialized_end=811
-  _globals['_SETVERSIONRESPONSE']._serialized_start=813
-  _globals['_SETVERSIONRESPONSE']._serialized_end=833
-  _globals['_STATSREQUEST']._serialized_start=835
-  _globals['_STATSREQUEST']._serialized_end=849
-  _globals['_STATSRESPONSE']._serialized_start=852
-  _globals['_STATSRESPONSE']._serialized_end=1088
-  _globals['_STATSRESPONSE_COUNTSENTRY']._serialized_start=995
-  _globals['_STATSRESPONSE_COUNTSENTRY']._serialized_end=1040
-  _globals['_STATSRESPONSE_SECONDSENTRY']._serialized_start=1042
-  _globals['_STATSRESPONSE_SECONDSENTRY']._serialized_end=1088
-  _globals['_CLOSEREQUEST']._serialized_start=1090
-  _globals['_CLOSEREQUEST']._serialized_end=1104
-  _globals['_CLOSERESPONSE']._serialized_start=1106
-  _globals['_CLOSERESPONSE']._serialized_end=1121
-  _globals['_TRAJECTORYQUEUE']._serialized_start=1124
-  _globals['_TRAJECTORYQUEUE']._serialized_end=1557
+  _globals['_TRAJECTORY']._serialized_end=482
+  _globals['_TRAJECTORY_METRICSENTRY']._serialized_start=399
+  _globals['_TRAJECTORY_METRICSENTRY']._serialized_end=445
+  _globals['_GROUP']._serialized_start=484
+  _globals['_GROUP']._serialized_end=544
+  _globals['_PUTGROUPREQUEST']._serialized_start=546
+  _globals['_PUTGROUPREQUEST']._serialized_end=642
+  _globals['_PUTGROUPRESPONSE']._serialized_start=644
+  _globals['_PUTGROUPRESPONSE']._serialized_end=680
+  _globals['_GETGROUPSREQUEST']._serialized_start=682
+  _globals['_GETGROUPSREQUEST']._serialized_end=758
+  _globals['_GETGROUPSRESPONSE']._serialized_start=760
+  _globals['_GETGROUPSRESPONSE']._serialized_end=821
+  _globals['_SETVERSIONREQUEST']._serialized_start=823
+  _globals['_SETVERSIONREQUEST']._serialized_end=859
+  _globals['_SETVERSIONRESPONSE']._serialized_start=861
+  _globals['_SETVERSIONRESPONSE']._serialized_end=881
+  _globals['_STATSREQUEST']._serialized_start=883
+  _globals['_STATSREQUEST']._serialized_end=897
+  _globals['_STATSRESPONSE']._serialized_start=900
+  _globals['_STATSRESPONSE']._serialized_end=1136
+  _globals['_STATSRESPONSE_COUNTSENTRY']._serialized_start=1043
+  _globals['_STATSRESPONSE_COUNTSENTRY']._serialized_end=1088
+  _globals['_STATSRESPONSE_SECONDSENTRY']._serialized_start=1090
+  _globals['_STATSRESPONSE_SECONDSENTRY']._serialized_end=1136
+  _globals['_CLOSEREQUEST']._serialized_start=1138
+  _globals['_CLOSEREQUEST']._serialized_end=1152
+  _globals['_CLOSERESPONSE']._serialized_start=1154
+  _globals['_CLOSERESPONSE']._serialized_end=1169
+  _globals['_TRAJECTORYQUEUE']._serialized_start=1172
+  _globals['_TRAJECTORYQUEUE']._serialized_end=1605
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Trajectory(_message.Message):
-    __slots__ = ("tokens", "loss_mask", "behavior_logprobs", "reward", "group_id", "policy_version", "prompt_len", "turn_starts", "token_rewards", "truncated", "metrics", "task_id")
+    __slots__ = ("tokens", "loss_mask", "behavior_logprobs", "reward", "group_id", "policy_version", "prompt_len", "turn_starts", "token_rewards", "truncated", "metrics", "task_id", "token_versions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -27,6 +27,7 @@ class Trajectory(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     tokens: bytes
     loss_mask: bytes
     behavior_logprobs: bytes
@@ -39,7 +40,8 @@ class Trajectory(_message.Message):
     truncated: bool
     metrics: _containers.ScalarMap[str, float]
     task_id: str
-    def __init__(self, tokens: _Optional[bytes] = ..., loss_mask: _Optional[bytes] = ..., behavior_logprobs: _Optional[bytes] = ..., reward: _Optional[float] = ..., group_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_len: _Optional[int] = ..., turn_starts: _Optional[_Iterable[int]] = ..., token_rewards: _Optional[bytes] = ..., truncated: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ..., task_id: _Optional[str] = ...) -> None: ...
+    token_versions: bytes
+    def __init__(self, tokens: _Optional[bytes] = ..., loss_mask: _Optional[bytes] = ..., behavior_logprobs: _Optional[bytes] = ..., reward: _Optional[float] = ..., group_id: _Optional[str] = ..., policy_version: _Optional[int] = ..., prompt_len: _Optional[int] = ..., turn_starts: _Optional[_Iterable[int]] = ..., token_rewards: _Optional[bytes] = ..., truncated: _Optional[bool] = ..., metrics: _Optional[_Mapping[str, float]] = ..., task_id: _Optional[str] = ..., token_versions: _Optional[bytes] = ...) -> None: ...
 
 class Group(_message.Message):
     __slots__ = ("trajectories",)
