@@ -466,6 +466,7 @@ class EngineCore:
         r.seq.tokens = r.ctx[:n].copy()
         self.stats["shared_tokens"] += n
         self.stats["shared_pages"] += full
+        self.stats["shared_copies"] += 1  # requests that took a shared prefix (main's name for it)
         if r.cached < 0:
             r.cached = n
         r.pos, r.todo = n, r.ctx[n:]
