@@ -10,7 +10,11 @@ for both back to back, best of --repeats, so both see the same machine load.
 Also prints our decode step time against the memory-bandwidth floor: one decode
 step must read every parameter once, so it cannot beat
 param_bytes / bandwidth, with the bandwidth measured in this run by a large
-memory copy (bytes read + written per second). And, per batch, what 3x
+memory copy (bytes read + written per second); and the step as a fraction of the
+bandwidth bound with the KV cache counted too ((param bytes + the KV bytes of every
+sequence at its mean length) / bandwidth / step time), and prefill FLOP/s
+(2 x params x prompt tokens / prefill seconds) as a fraction of a same-run
+1024^3 matmul's. And, per batch, what 3x
 transformers' throughput would leave for each of our decode steps after our
 measured prefill, next to the time of that step's weight matmuls alone
 (`decode_matmuls_ms`): where the first is smaller, 3x is out of reach here.
@@ -56,6 +60,27 @@ def copy_bandwidth(nbytes: int = 256 << 20, repeats: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - t)
     return 2 * src.nbytes / best
+
+
+def matmul_flops(n: int = 1024, dtype: str = "float32", repeats: int = 5) -> float:
+    """FLOP/s of one jitted n x n x n matmul on the default device, best of `repeats`."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def kv_bytes_per_step(config, batch: int, mean_tokens: float, itemsize: int) -> float:
+    """KV cache bytes a decode step must read: every running sequence's k and v, all layers."""
+    return batch * mean_tokens * config.num_layers * 2 * config.num_kv_heads * config.head_dim * itemsize
 
 
 def decode_matmuls_ms(params, batch: int, iters: int = 10) -> float:
@@ -181,8 +206,11 @@ def main() -> None:
     param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
     bw = copy_bandwidth()
     floor_ms = 1000 * param_bytes / bw
+    peak = matmul_flops(dtype=args.dtype)
+    itemsize = np.dtype(args.dtype).itemsize
     print(f"model {args.model}: {param_bytes / 1e6:.0f} MB of {args.dtype} params; copy bandwidth {bw / 1e9:.1f} GB/s "
-          f"-> decode floor {floor_ms:.1f} ms/step; jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"-> decode floor {floor_ms:.1f} ms/step (weights alone); 1024^3 matmul {peak / 1e9:.0f} GFLOP/s; "
+          f"jax {jax.__version__} on {jax.devices()[0].platform}, "
           f"{os.cpu_count()} cpus, load avg {os.getloadavg()[0]:.1f}")
 
     hf = None
@@ -217,15 +245,23 @@ def main() -> None:
                 wall, _ = run_hf(hf, prompts, args.new_tokens)
                 theirs.append(wall)
         n_tok = B * args.new_tokens
+        # the bandwidth bound of a decode step: weights + the KV of every sequence (mean length
+        # over the generation), read once, at the copy bandwidth; prefill against the matmul
+        kv = kv_bytes_per_step(config, B, args.prompt_len + args.new_tokens / 2, itemsize)
+        bound_ms = 1000 * (param_bytes + kv) / bw
+        prefill_flops = 2 * param_bytes / itemsize * B * args.prompt_len / min(prefills)
         row = {"B": B, "ours": n_tok / min(ours), "step": min(steps), "prefill_s": min(prefills),
-               "matmuls_ms": decode_matmuls_ms(params, B)}
+               "matmuls_ms": decode_matmuls_ms(params, B), "bound_ms": bound_ms,
+               "bw_frac": bound_ms / min(steps), "prefill_frac": prefill_flops / peak}
         if hf is not None:
             row["hf"] = n_tok / min(theirs)
             row["agree"] = hf_argmax_agrees(hf, prompts, our_tokens)
             row["threads"] = threads
         rows.append(row)
         print(f"batch {B:>3}: ours {row['ours']:8.1f} tok/s (decode step {row['step']:.1f} ms = "
-              f"{row['step'] / floor_ms:.2f}x floor)" + (
+              f"{row['step'] / floor_ms:.2f}x floor; {row['bw_frac']:.2f} of the bandwidth bound "
+              f"{bound_ms:.1f} ms with {kv / 1e6:.1f} MB of KV; prefill {prefill_flops / 1e9:.0f} GFLOP/s = "
+              f"{row['prefill_frac']:.2f} of the matmul)" + (
                   f" | transformers {row['hf']:7.1f} tok/s ({row['threads']} torch threads)"
                   f" | ratio {row['ours'] / row['hf']:5.2f}x | our tokens = transformers' argmax: "
                   f"{row['agree']}/{B}" if hf is not None else ""), flush=True)
@@ -238,11 +274,12 @@ def main() -> None:
                   flush=True)
 
     print(f"\nload average after the run: {os.getloadavg()[0]:.1f}")
-    print("batch | ours tok/s | transformers tok/s | ratio | decode step ms | floor ms | step/floor")
+    print("batch | ours tok/s | transformers tok/s | ratio | decode step ms | floor ms | step/floor | "
+          "of bw bound | prefill of matmul")
     for r in rows:
         hf_s = f"{r['hf']:18.1f} | {r['ours'] / r['hf']:5.2f}" if "hf" in r else f"{'-':>18} | {'-':>5}"
         print(f"{r['B']:5d} | {r['ours']:10.1f} | {hf_s} | {r['step']:14.1f} | {floor_ms:8.1f} | "
-              f"{r['step'] / floor_ms:10.2f}")
+              f"{r['step'] / floor_ms:10.2f} | {r['bw_frac']:11.2f} | {r['prefill_frac']:17.2f}")
 
 
 if __name__ == "__main__":
