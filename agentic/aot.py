@@ -188,7 +188,7 @@ def _layout(config, topology: str):
     core = EngineCore(model_cfg, shapes, None, launcher.engine_config(config), devices=engine_devs[0], abstract=True)
     summary = (f"{len(devices)} chips, {nproc} hosts; engine on {len(engine_devs[0])} chip(s) per host "
                f"({'shared with the learner' if config.sebulba.actor_devices == 0 else 'its own'}, "
-               f"{core.ec.num_slots} slots x {core.ec.max_len} tokens), learner mesh {dict(mesh.shape)} over "
+               f"{core.ec.num_slots} rows, {core.ec.total_pages} KV pages of {core.ec.page_size} tokens), learner mesh {dict(mesh.shape)} over "
                f"{len(learner_devs)} chips")
     return dict(devices=devices, engine_devs=engine_devs, learner_devs=learner_devs, nproc=nproc, learner=learner,
                 core=core, summary=summary)

@@ -196,13 +196,9 @@ def main(argv):
         addresses = launcher.env_hosts(config, stack)  # before JAX starts its threads (forks)
         pid, nproc = jax.process_index(), jax.process_count()
 
-        def sebulba_split(devices):
-            return launcher.split_devices(devices, config.sebulba.actor_devices, config.sebulba.learner_devices)
-
-        actor_devs, learner_devs = sebulba_split(jax.local_devices())
-        if nproc > 1:
-            learner_devs = sharding.per_process_devices(lambda d: sebulba_split(d)[1])
-        mesh = sharding.make_mesh(config.learner.mesh_shape, devices=learner_devs)
+        engine_devs, learner_devs = launcher.placement(config, jax.devices())  # the training layout
+        actor_devs = engine_devs[pid]
+        mesh = launcher.learner_mesh(config, learner_devs)
         label, step, model_cfg, params, tokenizer = weights(config, mesh)
         actors, env_client = launcher.actor_thread(addresses, stack, name="eval", token=config.env.token or None)
         generator = launcher.build_generator(config, model_cfg, params, tokenizer, actor_devs, version=step)

@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 
 def _running(core: Any, request: GenerateRequest) -> Any:
-    """The engine's state of `request` once admitted to a slot (None while it waits)."""
-    for slot in core.slots:
-        r = slot.running
+    """The engine's state of `request` once admitted to a row of the paged engine (None while it waits;
+    a preempted request keeps its sampled tokens, so what was streamed stays a prefix)."""
+    for r in core.rows:
         if r is not None and r.req is request:
             return r
     return None

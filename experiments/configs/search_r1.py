@@ -194,7 +194,11 @@ def tpu_recipe(model: str, ppo: bool, topology: str = "v5p:2x2x4") -> ml_collect
     c.env.kwargs.retrieval_url = "http://127.0.0.1:8000/retrieve"
     # data.max_obs_length=500 counts tokens of the policy's tokenizer (Search-R1 cuts the observation's ids)
     c.env.kwargs.obs_tokenizer = model
-    c.generator.num_slots = 256         # per host
+    # Per host: every episode of its actor in flight at once (64 groups x 5), and a paged KV cache sized
+    # for a mean of 2,048 tokens a sequence (Search-R1's episodes are mostly far shorter than the
+    # 4,096 cap; a longer mix preempts and recomputes the newest): 40,960 pages of 16 tokens
+    c.generator.num_slots = 320
+    c.generator.num_pages = 40960
     # 2 data-parallel replicas, fsdp over the rest: on v5p's 8 learner chips an 8-way fsdp mesh stops
     # libtpu's compiler (a check in its collective-matmul emitter); (2, 4, 1) compiles and fits
     c.learner.mesh_shape = (2, -1, 1)

@@ -77,6 +77,15 @@ def test_generate_stream_edge_cases_and_admin_routes(fresh_core, tiny):
                 # abort by rid (prefix, as SGLang's scheduler matches) and pause "abort": HTTP 200, abort
                 long = {"input_ids": [9, 8, 7], "sampling_params": {"max_new_tokens": 100, "temperature": 0,
                                                                      "ignore_eos": True}}
+                # each engine step slowed to >= 10 ms: a warm engine would otherwise finish the tiny model's
+                # 100 tokens before an abort sent after 50 ms arrives
+                fast_step = fresh_core.step
+
+                def slow_step():
+                    time.sleep(0.01)
+                    fast_step()
+
+                fresh_core.step = slow_step
                 one = asyncio.ensure_future(_post(http, url + "/generate", {**long, "rid": "episode-1-turn-0"}))
                 await asyncio.sleep(0.05)
                 async with http.post(url + "/abort_request", json={"rid": "episode-1"}) as r:
@@ -89,6 +98,7 @@ def test_generate_stream_edge_cases_and_admin_routes(fresh_core, tiny):
                 status, data = await two
                 assert data["meta_info"]["finish_reason"] == {"type": "abort",
                                                               "message": "Aborted by pause_generation."}
+                del fresh_core.step  # the engine's own step again
                 status, data = await _post(http, url + "/pause_generation", {"mode": "later"})
                 assert status == 400 and data["error"]["param"] == "mode"
                 await _post(http, url + "/continue_generation", {})
