@@ -22,18 +22,19 @@ class TokenAuth(grpc.aio.ServerInterceptor):
                 got = value.encode() if isinstance(value, str) else value
                 if hmac.compare_digest(got, self._expected):
                     return handler
-        return _deny_like(handler)
+        return deny_like(handler)
 
 
 _DENY = "missing or wrong token: send metadata 'authorization: Bearer <token>' (EnvClient(token=...))"
 
 
-def _deny_like(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+def deny_like(handler: grpc.RpcMethodHandler, message: str = _DENY) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that answers UNAUTHENTICATED with `message`."""
     async def deny(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENY)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     async def deny_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENY)
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
         yield  # pragma: no cover
 
     kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)

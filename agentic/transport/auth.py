@@ -23,6 +23,8 @@ from collections.abc import Collection, Sequence
 
 import grpc
 
+from agentic.env.auth import deny_like
+
 TOKEN_ENV = "AGENTIC_TRANSPORT_TOKEN"
 
 
@@ -80,25 +82,7 @@ class BearerAuth(grpc.aio.ServerInterceptor):
                 if hmac.compare_digest(got, expected) or (not learner_only and hmac.compare_digest(got, self._learner)):
                     return handler
         who = "the learner's token (learner_token=)" if learner_only else f"the run's token (token= or ${TOKEN_ENV})"
-        return _deny_like(handler, f"{method} needs {who} as metadata 'authorization: Bearer <token>'")
-
-
-def _deny_like(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    async def deny(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def deny_stream(request, context):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-        yield  # pragma: no cover
-
-    kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
-    if handler.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(deny, **kw)
-    if handler.unary_stream:
-        return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
-    if handler.stream_unary:
-        return grpc.stream_unary_rpc_method_handler(deny, **kw)
-    return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
+        return deny_like(handler, f"{method} needs {who} as metadata 'authorization: Bearer <token>'")
 
 
 def add_port(server: grpc.aio.Server, address: str, tls_cert: str | None, tls_key: str | None) -> int:
