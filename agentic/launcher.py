@@ -384,13 +384,10 @@ def engine_weights(params, model_cfg, learner_devices, engine_shardings):
 def engine_param_shardings(config, model_cfg, engine_devices):
     """The embedded engine's param shardings on `engine_devices` (its (data, model) mesh, tp_size
     devices per model replica), as `agentic.inference.engine.EngineCore` builds them."""
-    from jax.sharding import Mesh
+    from agentic.inference.engine_step import engine_mesh, param_shardings
 
-    from agentic.inference.engine import param_shardings as engine_shardings
-
-    tp = engine_config(config).tp_size
-    mesh = Mesh(np.array(engine_devices).reshape(len(engine_devices) // tp, tp), ("data", "model"))
-    return engine_shardings(model_cfg, models.param_shapes(model_cfg), mesh)
+    mesh = engine_mesh(engine_devices, engine_config(config).tp_size)
+    return param_shardings(model_cfg, models.param_shapes(model_cfg), mesh)
 
 
 def learner_share(config) -> int:

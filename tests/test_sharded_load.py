@@ -102,7 +102,7 @@ def test_engine_weights_come_from_the_learners_on_device(hf_dir, monkeypatch, le
         engine.update_params(launcher.engine_weights(new, model_cfg, learner_devs, engine_sh), 1, wait=True,
                              timeout=120)
         monkeypatch.undo()
-        served = engine_params(engine)
+        served = engine.core.params
         for a, b in zip(jax.tree.leaves(served), jax.tree.leaves(new), strict=True):
             assert {d.id for d in a.devices()} <= {0, 1}  # on the engine's devices, not the learner's
             np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=1e-6)
@@ -110,7 +110,3 @@ def test_engine_weights_come_from_the_learners_on_device(hf_dir, monkeypatch, le
         monkeypatch.undo()
         engine.close_sync()
 
-
-def engine_params(engine):
-    core = getattr(engine, "core", None) or getattr(engine, "_core", None)
-    return core.params

@@ -22,6 +22,14 @@ from agentic.inference.engine_config import EngineConfig
 from agentic.inference.sampling import sample
 
 
+def engine_mesh(devices, tp_size: int) -> Mesh:
+    """The engine's (data, model) mesh: `tp_size` devices per model replica, the rest split the rows."""
+    devices = list(devices)
+    if len(devices) % tp_size:
+        raise ValueError(f"tp_size {tp_size} does not divide the {len(devices)} devices")
+    return Mesh(np.array(devices).reshape(len(devices) // tp_size, tp_size), ("data", "model"))
+
+
 def param_shardings(config: models.ModelConfig, params: Any, mesh: Mesh) -> Any:
     """NamedShardings for params: heads, MLP and vocab split over "model" where divisible."""
     return sharding.tree_shardings(params, models.param_logical_axes(config), mesh, sharding.ENGINE_RULES)

@@ -53,7 +53,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
 
 from agentic import models
 from agentic.core import Completion, GenerateRequest
@@ -64,6 +63,7 @@ from agentic.inference.engine_step import (
     attention_impl,
     cache_shape,
     cache_sharding,
+    engine_mesh,
     param_shardings,
 )
 from agentic.inference.kv_pages import KVSeq, PagePool
@@ -118,10 +118,8 @@ class EngineCore:
         self.tokenizer = tokenizer
         self.abstract = abstract
         devices = list(devices) if devices is not None else [jax.local_devices()[0]]
-        if len(devices) % ec.tp_size:
-            raise ValueError(f"tp_size {ec.tp_size} does not divide the {len(devices)} devices")
+        self.mesh = engine_mesh(devices, ec.tp_size)
         n_data = len(devices) // ec.tp_size
-        self.mesh = Mesh(np.array(devices).reshape(n_data, ec.tp_size), ("data", "model"))
         self.devices = devices
         if eos_token_ids is None:
             eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
