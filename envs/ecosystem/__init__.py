@@ -9,6 +9,8 @@ only when an episode of its kind starts, so a host that serves none of them neve
     textarena      "textarena"       TextArena games, one- and two-player (fixed opponent or self-play)
     openenv        "openenv", "openenv_remote"  an OpenEnv `Environment` in process, or a served one
                                      (its WebSocket session protocol) on a URL
+    verifiers      "verifiers"       a verifiers (PrimeIntellect) env's own rollout, the policy as its
+                                     model turn by turn, scored by its rubric
 
 Every adapter keeps the third-party env as it is: its text in and out, its reward, its termination.
 A third-party env that raises fails its session with `EnvStepError` naming the exception, as our own
