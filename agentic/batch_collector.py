@@ -39,6 +39,7 @@ class BatchCollector:
         self.max_rounds = config.sebulba.max_batch_rounds
         self.group_size = config.actor.group_size
         self.uniform, self.trained_groups, self.stale_in_learner = 0, 0.0, 0.0
+        self.model_tokens, self.stale_tokens = 0.0, 0.0
         if actor is None:
             if self.sync:
                 raise ValueError("sync mode pauses the actor: it needs one in this process")
@@ -112,6 +113,10 @@ class BatchCollector:
         """Counts what the learner trained on and dropped as stale in an update."""
         self.trained_groups += learner_metrics.get("batch/trajectories", 0.0) / self.group_size
         self.stale_in_learner += learner_metrics.get("batch/dropped_stale", 0.0) / self.group_size
+        # model tokens trained on that an older version sampled (partial rollouts: part of an episode)
+        tokens = learner_metrics.get("batch/model_tokens", 0.0)
+        self.model_tokens += tokens
+        self.stale_tokens += tokens * learner_metrics.get("batch/stale_token_frac", 0.0)
 
     def stats(self) -> dict[str, float]:
         """Counts over the run so far: groups the actor generated, set aside as uniform, dropped as
@@ -122,7 +127,8 @@ class BatchCollector:
         g = max(generated, 1.0)
         return {"groups_generated": generated, "groups_uniform": float(self.uniform),
                 "groups_stale": stale, "groups_trained": self.trained_groups,
-                "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g}
+                "trained_frac": self.trained_groups / g, "uniform_frac": self.uniform / g, "stale_frac": stale / g,
+                "stale_token_frac": self.stale_tokens / max(self.model_tokens, 1.0)}
 
     def close(self) -> None:
         if self.actor is None:

@@ -229,7 +229,10 @@ def build_generator(config, model_cfg, params, tokenizer, actor_devices, version
             raise ValueError("generator.backend='sglang' needs generator.sglang_urls (comma-separated)")
         if not g.weights_dir:
             raise ValueError("generator.backend='sglang' needs generator.weights_dir, a path every server can read")
-        return SGLangClient(urls)
+        # partial rollouts: pause "retract" around an update (SGLang keeps the requests and their
+        # tokens, recomputes their KV under the new weights); else no pause: SGLang's update waits
+        # for the requests in flight to finish
+        return SGLangClient(urls, pause_mode="retract" if config.sebulba.partial_rollouts else None)
     raise ValueError(f"generator.backend must be 'engine' or 'sglang', got {g.backend!r}")
 
 
@@ -238,7 +241,7 @@ def weight_publisher(config, generator: Generator, model_cfg, tokenizer, actors:
     if config.generator.backend == "engine":
         from agentic.inference.engine import EngineWeights
 
-        return EngineWeights(generator)
+        return EngineWeights(generator, running="keep" if config.sebulba.partial_rollouts else "finish")
     from agentic.inference.sglang_client import SGLangWeights
 
     return SGLangWeights(generator, config.generator.weights_dir, model_cfg, tokenizer, actors.run)

@@ -106,8 +106,9 @@ class Completion:
     finish_reason: "stop" (stop string / token / EOS), "length" or "abort" (partial: never
     trained on as a normal turn). weight_version: the weights served when it finished
     (swapped between decode steps, so earlier tokens may come from the version before;
-    their logprobs are still those they were sampled from). cached_tokens: prompt tokens
-    served from the prefix cache, not prefilled again.
+    their logprobs are still those they were sampled from). token_versions: the version
+    that sampled each token, where the generator knows it (None: `weight_version` for all).
+    cached_tokens: prompt tokens served from the prefix cache, not prefilled again.
     """
 
     token_ids: tuple[int, ...]
@@ -115,6 +116,7 @@ class Completion:
     finish_reason: FinishType
     matched: str | int | None = None
     weight_version: int = 0
+    token_versions: tuple[int, ...] | None = None
     prompt_tokens: int = 0
     cached_tokens: int = 0
     text: str | None = None

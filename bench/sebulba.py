@@ -4,6 +4,9 @@
   python bench/sebulba.py --variant default --model '' --layout shared --steps 4 --as-configured
       # the README's first command's loop (its model, cold start, dynamic sampling, queue),
       # minus the evals: what picks its mode
+  python bench/sebulba.py --compare partial --variant default --model '' --layout shared --steps 4 --as-configured
+      # async with partial rollouts (weight updates land mid-request, tokens keep their
+      # versions) against async without (an update waits for the requests in flight)
 
 Runs experiments/search_r1.py twice on the same workload (same config, seed,
 number of learner steps): once with `--config.sebulba.mode=async` (actors keep
@@ -98,24 +101,33 @@ def export_initial_weights(model: str, out_dir: str) -> None:
     subprocess.run([sys.executable, "-c", code, model, out_dir], cwd=ROOT, env=child_env(), check=True)
 
 
-def run(mode: str, args, workdir: str, weights_dir: str | None) -> dict:
+# --compare: the runs, each (label, sebulba overrides)
+COMPARISONS = {
+    "sync": [("sync", {"mode": "sync"}), ("async", {"mode": "async"})],
+    "partial": [("async", {"mode": "async", "partial_rollouts": False}),
+                ("async+partial", {"mode": "async", "partial_rollouts": True})],
+}
+
+
+def run(label: str, sebulba: dict, args, workdir: str, weights_dir: str | None) -> dict:
     # The same work in both modes: no evals, no time budget; by default also no cold start and
     # every group trained on. --as-configured keeps the variant's own loop settings (its cold
     # start, dynamic sampling, queue capacity and max lag: stale groups dropped count against it).
     cmd = [sys.executable, "experiments/search_r1.py", f"--config=experiments/configs/search_r1.py:{args.variant}",
-           f"--workdir={workdir}", f"--config.sebulba.mode={mode}", f"--config.total_steps={args.steps}",
+           f"--workdir={workdir}", f"--config.total_steps={args.steps}",
            "--config.eval_tasks=0", "--config.time_budget_s=0", "--config.checkpoint_every=1000"]
     if not args.as_configured:
         cmd += ["--config.warm_start.demos=0", "--config.sebulba.dynamic_sampling=False",
                 f"--config.actor.group_size={args.group_size}", f"--config.learner.batch_groups={args.batch_groups}",
                 f"--config.queue.capacity_groups={args.batch_groups}",
                 f"--config.actor.max_new_tokens_per_turn={args.new_tokens}"]
+    cmd += [f"--config.sebulba.{k}={v}" for k, v in sebulba.items()]
     cmd.append(f"--config.model.name={args.model}")
     server = None
     if weights_dir:
         server, url = start_server(os.path.join(weights_dir, "version_000000"), args, workdir + "_server.log")
         cmd += ["--config.generator.backend=sglang", f"--config.generator.sglang_urls={url}",
-                f"--config.generator.weights_dir={os.path.join(weights_dir, mode)}"]
+                f"--config.generator.weights_dir={os.path.join(weights_dir, label.replace('+', '_'))}"]
     start = time.monotonic()
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
@@ -125,7 +137,7 @@ def run(mode: str, args, workdir: str, weights_dir: str | None) -> dict:
             server.terminate()
             server.wait(timeout=60)
     if out.returncode:
-        sys.exit(f"{mode} run failed:\n{(out.stdout + out.stderr)[-3000:]}")
+        sys.exit(f"{label} run failed:\n{(out.stdout + out.stderr)[-3000:]}")
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     summary = [r for r in rows if r["split"] == "summary"][-1]
     summary["process_s"] = time.monotonic() - start
@@ -135,6 +147,8 @@ def run(mode: str, args, workdir: str, weights_dir: str | None) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--compare", default="sync", choices=sorted(COMPARISONS),
+                   help="sync: sync vs async; partial: async without vs with partial rollouts")
     p.add_argument("--variant", default="test")
     p.add_argument("--model", default="tiny", help="model name ('': the variant's)")
     p.add_argument("--group-size", type=int, default=4)
@@ -167,14 +181,22 @@ def main():
             export_initial_weights(args.model, os.path.join(weights_dir, "version_000000"))
             print(f"split layout: generator server on CPUs {args.actor_cpus}, trainer on CPUs {args.learner_cpus}",
                   flush=True)
-        for mode in ("sync", "async"):
-            results[mode] = run(mode, args, os.path.join(tmp, mode), weights_dir)
+        for mode, sebulba in COMPARISONS[args.compare]:
+            results[mode] = run(mode, sebulba, args, os.path.join(tmp, mode.replace("+", "_")), weights_dir)
             r = results[mode]
-            print(f"{mode:>5}: {r['steps']:.0f} learner steps in {r['train_s']:.1f}s (steps 2..{r['steps']:.0f}, "
+            print(f"{mode:>13}: {r['steps']:.0f} learner steps in {r['train_s']:.1f}s (steps 2..{r['steps']:.0f}, "
                   f"after compilation: {r['steady_s']:.1f}s)  learner idle {r['learner_idle_frac']:.0%}  "
                   f"actor idle {r['actor_idle_frac']:.0%}  groups trained {r.get('trained_frac', 1):.0%}, "
                   f"dropped stale {r.get('stale_frac', 0):.0%}  "
                   f"{groups_per_s(r):.3f} groups trained/s", flush=True)
+    if args.compare == "partial":
+        base, new = results["async"], results["async+partial"]
+        print(f"async with partial rollouts vs without (same {args.steps} learner steps, model {args.model}, "
+              f"{args.layout} layout): groups trained per second {groups_per_s(new) / groups_per_s(base):.2f}x, "
+              f"train wall-clock {base['train_s'] / new['train_s']:.2f}x faster, stale groups dropped "
+              f"{new.get('stale_frac', 0):.0%} vs {base.get('stale_frac', 0):.0%}, model tokens trained on from an "
+              f"older version {new.get('stale_token_frac', 0):.1%} vs {base.get('stale_token_frac', 0):.1%}")
+        return
     ratio = results["sync"]["train_s"] / results["async"]["train_s"]
     steady = results["sync"]["steady_s"] / results["async"]["steady_s"]
     print(f"speedup async vs sync (same {args.steps} learner steps, model {args.model}, {args.layout} layout): "

@@ -50,6 +50,10 @@ class JaxEngine(Generator):
                                                      session_id=episode_id)])
         await engine.release(episode_id)          # episode over: free its cached prefix
         engine.update_params(new_params, version) # from any thread; swapped between decode steps
+        engine.pause("in_place"); ...; engine.continue_generation()   # SGLang's pause modes
+
+    A request whose `generate` call is cancelled is aborted in the engine (its row and pages
+    freed at the next step); `abort(key)` does the same for a request given a key.
     """
 
     def __init__(self, config: models.ModelConfig | None = None, params: Any = None, tokenizer: Any = None,
@@ -90,12 +94,18 @@ class JaxEngine(Generator):
         finally:
             self.core.abort_all("engine shut down" if self._error is None else f"engine error: {self._error}")
 
-    async def generate(self, requests: Sequence[GenerateRequest]) -> list[Completion]:
+    async def generate(self, requests: Sequence[GenerateRequest], keys: Sequence[Any] | None = None
+                       ) -> list[Completion]:
+        """Completes every request; `keys` (optional, one per request, unique among requests in
+        flight) name them for `abort`. Cancelling the call aborts what has not finished."""
         if self._closed or self._error is not None:
             raise GeneratorError(f"engine is closed{f': {self._error}' if self._error else ''}")
+        if keys is not None and len(keys) != len(requests):
+            raise ValueError(f"generate: {len(keys)} keys for {len(requests)} requests")
+        keys = list(keys) if keys is not None else [object() for _ in requests]
         loop = asyncio.get_running_loop()
         futures = []
-        for req in requests:
+        for req, key in zip(requests, keys, strict=True):
             fut = loop.create_future()
 
             def done(c, fut=fut):
@@ -105,12 +115,41 @@ class JaxEngine(Generator):
                     pass
 
             try:
-                self.core.submit(req, done)
+                self.core.submit(req, done, key=key)
             except ValueError as e:
+                for k in keys[:len(futures)]:  # one bad request fails the call: end the ones queued
+                    self.core.abort(k, "another request of the call was refused")
+                self._notify()
                 raise GeneratorError(str(e)) from e
             futures.append(fut)
         self._notify()
-        return list(await asyncio.gather(*futures))
+        try:
+            return list(await asyncio.gather(*futures))
+        except asyncio.CancelledError:
+            for key, fut in zip(keys, futures, strict=True):
+                if not fut.done():
+                    self.core.abort(key, "the caller cancelled the request")
+            self._notify()
+            raise
+
+    def abort(self, key: Any, message: str = "aborted") -> None:
+        """Ends the request submitted with `key` at the next step; its caller gets the partial
+        output with finish_reason "abort"."""
+        self.core.abort(key, message)
+        self._notify()
+
+    def pause(self, mode: str = "in_place") -> None:
+        """Stops generation at the next step (see `EngineCore.pause` for the modes)."""
+        self.core.pause(mode)
+        self._notify()
+
+    def continue_generation(self) -> None:
+        self.core.continue_generation()
+        self._notify()
+
+    @property
+    def paused(self) -> bool:
+        return self.core.paused is not None
 
     async def release(self, session_id: str) -> None:
         self.core.release(session_id)
@@ -120,13 +159,14 @@ class JaxEngine(Generator):
         self.core.flush_cache()
         self._notify()
 
-    def update_params(self, params: Any, version: int, *, flush_cache: bool = True,
+    def update_params(self, params: Any, version: int, *, flush_cache: bool = True, running: str = "keep",
                       wait: bool = True, timeout: float | None = 600.0) -> None:
-        """Swaps weights between two decode steps (see `EngineCore.update_params`).
+        """Swaps weights between two decode steps (see `EngineCore.update_params`, also for
+        what `running` requests do: "keep", "recompute" or "finish").
 
         Thread-safe; by default returns once the new weights are live.
         """
-        done = self.core.update_params(params, version, flush_cache=flush_cache, wait=False)
+        done = self.core.update_params(params, version, flush_cache=flush_cache, running=running, wait=False)
         if not self._thread.is_alive():  # closed or crashed: nothing steps the core, swap here
             self.core._apply_update()
         self._notify()
@@ -146,11 +186,20 @@ class JaxEngine(Generator):
 
 class EngineWeights(WeightPublisher):
     """Publishes learner params to an embedded engine: resharded onto its devices and swapped
-    between decode steps, no recompile. A copy: the learner donates its buffers to its next step."""
+    between decode steps, no recompile. A copy: the learner donates its buffers to its next step.
 
-    def __init__(self, engine: JaxEngine):
+    `running`: what requests in flight do at the swap (`EngineCore.update_params`): "keep"
+    (partial rollouts: they continue on the new weights at the next decode step, each token
+    labelled with its version), "recompute" (the same, their KV recomputed under the new
+    weights first) or "finish" (the swap, and the learner, wait until they have finished).
+    """
+
+    def __init__(self, engine: JaxEngine, running: str = "keep"):
+        if running not in ("keep", "recompute", "finish"):
+            raise ValueError(f"EngineWeights: running must be 'keep', 'recompute' or 'finish', got {running!r}")
         self.engine = engine
+        self.running = running
 
     def publish(self, params: Any, version: int) -> None:
-        self.engine.update_params(jax.tree.map(lambda x: x.copy(), params), version)
+        self.engine.update_params(jax.tree.map(lambda x: x.copy(), params), version, running=self.running)
 

@@ -22,16 +22,20 @@ without one. A connection that has not sent a whole request's headers within `he
 int32, NaN top_p, infinite temperature) are a 400 for that request (`SamplingParams`), never an
 engine error. Non-finite floats (a NaN log-prob) are sent as JSON null, never as bare `NaN`.
 
-Where this differs from SGLang, because `JaxEngine` has no per-token callback,
-no cancel and no scheduler pause (see BUILD.md):
-- `stream: true` sends SGLang's SSE framing (`data: {json}` events, then
-  `data: [DONE]`), but one event per request, when it finishes, not one per token.
-- An aborted request (`/abort_request`, `/pause_generation` "abort") is answered
-  at once with finish_reason abort and no output; the engine finishes it in
-  the background and the result is dropped.
-- A pause holds new requests at the door (as SGLang does) but lets running ones
-  go on; "retract" and "in_place" behave alike. Weights are swapped between two
-  decode steps, paused or not, without waiting for in-flight requests.
+Pause, abort and weight updates behave as SGLang's (`EngineCore.pause` / `abort`):
+- `/abort_request` and `/pause_generation` "abort" end the requests at the engine's next
+  step (their rows and pages freed) and answer them with finish_reason abort and the
+  tokens generated so far.
+- A pause holds new requests at the door and stops the running ones at the next step:
+  "in_place" keeps their KV, "retract" frees it (their prompt + output is prefilled again
+  after `/continue_generation`). Weights loaded while paused are swapped at once, and the
+  paused requests continue on them (a partial rollout: each token's `weight_version` is
+  the one that sampled it, in the engine's Completion). Without a pause,
+  `/update_weights_from_disk` waits for the running requests to finish and starts no new
+  one meanwhile, as SGLang's update lock does.
+Where this differs from SGLang (see BUILD.md): `stream: true` on /generate sends SGLang's
+SSE framing (`data: {json}` events, then `data: [DONE]`), but one event per request, when
+it finishes, not one per token.
 Built on aiohttp (already a dependency of the client): no uvicorn/fastapi
 process model, one event loop, the engine steps on its own thread.
 """
@@ -72,7 +76,7 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
 @dataclasses.dataclass(eq=False)
 class _InFlight:
     rid: str
-    aborted: asyncio.Future  # set to the abort message
+    aborted: asyncio.Future  # set to the abort message (the engine's key for the request: this object)
 
 
 def _finish_of(c) -> Finish:
@@ -155,7 +159,8 @@ class SGLangServer:
         return self.engine.core.ec.max_len
 
     async def run(self, requests: list[GenerateRequest], rids: list[str]) -> list[Completion]:
-        """Runs requests on the engine once not paused; an aborted one returns at once, empty.
+        """Runs requests on the engine once not paused; an aborted one ends at the engine's next
+        step with its partial output.
 
         Raises:
           GeneratorError: the engine is closed or refused the request.
@@ -165,16 +170,14 @@ class SGLangServer:
         async def one(req: GenerateRequest, rid: str) -> Completion:
             entry = _InFlight(rid, asyncio.get_running_loop().create_future())
             self._inflight[rid] = entry
-            task = asyncio.ensure_future(self.engine.generate([req]))
+            task = asyncio.ensure_future(self.engine.generate([req], keys=[entry]))
             try:
                 await asyncio.wait({task, entry.aborted}, return_when=asyncio.FIRST_COMPLETED)
+                if not task.done():  # aborted: the engine ends it at its next step, partial output kept
+                    self.engine.abort(entry, entry.aborted.result())
+                return (await task)[0]
             finally:
                 self._inflight.pop(rid, None)
-            if task.done():
-                return task.result()[0]
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # finishes unobserved
-            return Completion(token_ids=(), logprobs=(), finish_reason="abort", matched=entry.aborted.result(),
-                              weight_version=self.engine.weight_version, prompt_tokens=len(req.prompt_ids))
 
         return list(await asyncio.gather(*(one(q, r) for q, r in zip(requests, rids, strict=True))))
 
@@ -243,11 +246,11 @@ class SGLangServer:
         except ApiError as e:
             return web.json_response(e.to_json(), status=400)
         self._resumed.clear()
-        if mode == "abort":
-            self.abort(abort_all=True, message="Aborted by pause_generation.")
+        self.engine.pause(mode)  # "abort" ends every request in the engine with its partial output
         return web.json_response({"message": "Generation paused successfully.", "status": "ok"})
 
     async def continue_generation(self, request: web.Request) -> web.Response:
+        self.engine.continue_generation()
         self._resumed.set()
         return web.json_response({"message": "Generation continued successfully.", "status": "ok"})
 
@@ -295,8 +298,9 @@ class SGLangServer:
             loop = asyncio.get_running_loop()
             try:
                 params = await loop.run_in_executor(None, self.load_params, path)
+                # not paused: wait for the running requests, as SGLang's update lock does
                 await loop.run_in_executor(
-                    None, lambda: self.engine.update_params(params, version, flush_cache=flush))
+                    None, lambda: self.engine.update_params(params, version, flush_cache=flush, running="finish"))
             except Exception as e:  # bad path, wrong shapes: report, keep serving
                 log.warning("update_weights_from_disk(%s) failed: %s", path, e)
                 return web.json_response({"success": False, "message": f"Failed to update weights: {e}",

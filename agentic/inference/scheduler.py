@@ -30,8 +30,23 @@ Design (one scheduler step = weight swap, admit, prefill, one decode step):
   with a request admitted in the same step (a GRPO group's samples), holds that sequence's full
   pages read-only and copies only the partly filled page (copy on write): a shared prefix is
   prefilled once and stored once. `Completion.cached_tokens` reports the tokens reused.
-* **Weight swap.** `update_params(params, version)` reshards the new params onto the engine's
-  shardings (device to device, no host copy) and swaps them in between two decode steps.
+* **Weight swap.** `update_params(params, version, running=...)` reshards the new params onto
+  the engine's shardings (device to device, no host copy) and swaps them in between two decode
+  steps. What happens to the requests running at that moment is the caller's choice:
+  "keep" (default; a partial rollout: they stop at the next decode step, the weights change,
+  they continue with the KV the old weights wrote, as NeMo-RL's in-flight updates do),
+  "recompute" (they are retracted and their prompt + generated tokens prefilled again under
+  the new weights, as AReaL's interruptible generation does) or "finish" (the swap waits
+  until they have finished, no new request starting meanwhile: SGLang's update without a
+  pause). Every generated token records the version that sampled it
+  (`Completion.token_versions`).
+* **Pause, continue, abort.** `pause(mode)` stops generation at the next step, with SGLang's
+  modes: "in_place" (running requests keep their rows, KV and tokens), "retract" (they give
+  their pages back and wait at the queue's front, prefilled again on continue), "abort"
+  (every request ends with finish_reason abort and its partial output). While paused,
+  submitted requests wait and weight updates land at once; `continue_generation()` resumes.
+  `abort(key)` ends one request at the next step, frees its row and pages, and answers
+  its callback with the tokens generated so far.
 * **Abstract mode.** `EngineCore(..., abstract=True)` takes ShapeDtypeStruct params and any
   devices (also a TPU topology's, not addressable here); it builds shardings and programs but
   allocates nothing; `lower_programs()` lowers every program at its largest shapes (the AOT check).
@@ -89,8 +104,10 @@ class _Request:
     own: list = dataclasses.field(default_factory=list)  # pages allocated for its new tokens
     resume: bool = False  # preempted: its last prefill re-creates KV, samples nothing
     admitted_at: int = 0
+    key: Any = None  # the caller's handle for `abort`
     out: list = dataclasses.field(default_factory=list)
     lps: list = dataclasses.field(default_factory=list)
+    versions: list = dataclasses.field(default_factory=list)  # weight version that sampled each token
 
 
 class EngineCore:
@@ -167,7 +184,9 @@ class EngineCore:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._inbox: collections.deque = collections.deque()  # thread-safe appends
         self._lock = threading.Lock()
-        self._pending_params: tuple[Any, int, bool, threading.Event] | None = None
+        self._pending_params: tuple[Any, int, bool, threading.Event, str] | None = None
+        self._live: dict[Any, _Request] = {}  # key -> request submitted and not yet finished
+        self.paused: str | None = None  # the pause mode while paused
         self._rng = np.random.default_rng(ec.seed)
 
     # ------------------------------------------------------------------ AOT
@@ -193,8 +212,10 @@ class EngineCore:
 
     # ------------------------------------------------------------------ thread-safe entry points
 
-    def submit(self, request: GenerateRequest, callback: Callable[[Completion], None]) -> None:
+    def submit(self, request: GenerateRequest, callback: Callable[[Completion], None], key: Any = None) -> None:
         """Queues a request; `callback(completion)` runs on the stepping thread when it ends.
+
+        `key` (any hashable, unique among requests in flight) names it for `abort`.
 
         Raises:
           ValueError: the prompt is empty or does not fit the context length.
@@ -213,8 +234,30 @@ class EngineCore:
                               tokenizer=self.tokenizer)
         seed = p.seed if p.seed is not None else int(self._rng.integers(0, 2**31 - 1))
         r = _Request(req=request, callback=callback, prompt=prompt, ctx=prompt, seed=int(seed) & 0x7FFFFFFF,
-                     stopper=stopper, submitted=time.perf_counter())
+                     stopper=stopper, submitted=time.perf_counter(), key=key)
         self._inbox.append(("submit", r))
+
+    def abort(self, key: Any, message: str = "aborted") -> None:
+        """Ends the request submitted with `key` at the next step (waiting or running): its row
+        and pages are freed and its callback gets the tokens generated so far, finish_reason
+        "abort". A key that already finished is ignored."""
+        self._inbox.append(("abort", (key, message)))
+
+    def pause(self, mode: str = "in_place") -> None:
+        """Stops generation at the next step (SGLang's `/pause_generation` modes).
+
+        "in_place": running requests keep their rows, KV cache and tokens; "retract": they free
+        their pages and wait at the queue's front (their prompt + output is prefilled again on
+        continue); "abort": every waiting and running request ends now with its partial output.
+        Requests submitted while paused wait; weight updates apply at once.
+        """
+        if mode not in ("in_place", "retract", "abort"):
+            raise ValueError(f"pause mode must be 'in_place', 'retract' or 'abort', got {mode!r}")
+        self._inbox.append(("pause", mode))
+
+    def continue_generation(self) -> None:
+        """Resumes after `pause`: retracted requests are prefilled again, the rest continue."""
+        self._inbox.append(("continue", None))
 
     def release(self, session_id: str) -> None:
         """Forgets an ended episode's cached sequence (its pages go back to the pool)."""
@@ -252,20 +295,25 @@ class EngineCore:
         jax.block_until_ready(tok)
         return sum(self.compile_counts.values()) - before
 
-    def update_params(self, params: Any, version: int, *, flush_cache: bool = True,
+    def update_params(self, params: Any, version: int, *, flush_cache: bool = True, running: str = "keep",
                       wait: bool = False, timeout: float | None = None) -> threading.Event:
         """Swaps in new weights between two decode steps, without recompiling.
 
         `params` may be jax.Arrays on any devices of this process, sharded any way (e.g. the
         learner's); each is resharded with `jax.device_put` onto this engine's shardings (a
         device-to-device copy, never through numpy) and cast on device to the served dtype.
-        Requests in flight continue on the new weights; their remaining tokens (and the
-        Completion's `weight_version`) come from `version`.
+        The tokens sampled after the swap (and the Completion's `weight_version`) come from
+        `version`; `Completion.token_versions` says which version sampled each token.
 
         Args:
           params: a pytree with the same structure and shapes as the served params.
           version: the new weight version (reported in every later Completion).
           flush_cache: drop cached prefixes computed with the old weights.
+          running: what the requests running at the swap do: "keep" (continue on the new
+            weights with the KV cache the old ones wrote: a partial rollout), "recompute"
+            (retracted, their prompt + output prefilled again under the new weights, then
+            continue) or "finish" (the swap waits until they have finished; nothing new
+            starts meanwhile). While paused the swap lands at once whatever `running` says.
           wait: block until the swap happened (needs the stepping thread running).
           timeout: seconds to wait at most.
 
@@ -286,12 +334,14 @@ class EngineCore:
             y = jax.device_put(x, s)
             return y if y.dtype == old.dtype else y.astype(old.dtype)
 
+        if running not in ("keep", "recompute", "finish"):
+            raise ValueError(f"update_params: running must be 'keep', 'recompute' or 'finish', got {running!r}")
         placed = jax.tree.map(place, params, self.param_shardings, self.params)
         done = threading.Event()
         with self._lock:
             if self._pending_params is not None:  # superseded before it was applied
                 self._pending_params[3].set()
-            self._pending_params = (placed, int(version), flush_cache, done)
+            self._pending_params = (placed, int(version), flush_cache, done, running)
         if wait:
             done.wait(timeout)
         return done
@@ -300,8 +350,9 @@ class EngineCore:
 
     @property
     def busy(self) -> bool:
-        return bool(self._inbox or self._waiting or self._pending_params
-                    or any(r is not None for r in self.rows))
+        """Whether a step has work: messages, a weight swap, or (not paused) requests."""
+        return bool(self._inbox or self._pending_params
+                    or (not self.paused and (self._waiting or any(r is not None for r in self.rows))))
 
     @property
     def num_running(self) -> int:
@@ -321,6 +372,14 @@ class EngineCore:
             kind, arg = self._inbox.popleft()
             if kind == "submit":
                 self._waiting.append(arg)
+                if arg.key is not None:
+                    self._live[arg.key] = arg
+            elif kind == "abort":
+                self._abort(*arg)
+            elif kind == "pause":
+                self._pause(arg)
+            elif kind == "continue":
+                self.paused = None
             elif kind == "release":
                 for s in list(self.seqs):
                     if s.session == arg:
@@ -331,12 +390,37 @@ class EngineCore:
                 for s in [s for s in self.seqs if s.running is None]:
                     self._drop_idle(s)
 
+    def _abort(self, key: Any, message: str) -> None:
+        r = self._live.get(key)
+        if r is None:
+            return
+        if r.row < 0:  # waiting (never admitted, or retracted)
+            self._waiting.remove(r)
+        self._finish(r, Finish("abort", matched=message))
+        self.stats["aborted"] += 1
+
+    def _pause(self, mode: str) -> None:
+        self.paused = mode
+        running = sorted((r for r in self.rows if r is not None), key=lambda r: r.admitted_at)
+        if mode == "retract":
+            for r in reversed(running):  # the oldest ends up first in the queue
+                self._preempt(r)
+        elif mode == "abort":
+            for r in running + list(self._waiting):
+                self._finish(r, Finish("abort", matched="Aborted by pause_generation."))
+            self._waiting.clear()
+
     def _apply_update(self):
         with self._lock:
-            upd, self._pending_params = self._pending_params, None
-        if upd is None:
-            return
-        params, version, flush, done = upd
+            upd = self._pending_params
+            if upd is None or (upd[4] == "finish" and self.num_running and not self.paused):
+                return  # "finish": not before the running requests have
+            self._pending_params = None
+        params, version, flush, done, running = upd
+        if running == "recompute" and not self.paused:
+            for r in sorted((r for r in self.rows if r is not None), key=lambda r: -r.admitted_at):
+                self._preempt(r)
+            self.stats["retracted_for_update"] += 1
         self.params = params
         self.weight_version = version
         self.stats["weight_updates"] += 1
@@ -383,6 +467,8 @@ class EngineCore:
         admitted: list[_Request] = []
         ps = self.ec.page_size
         pool = self.pool
+        if self._pending_params is not None and self._pending_params[4] == "finish":
+            return admitted  # a swap waits for the running requests: nothing new starts
         while self._waiting:
             r = self._waiting[0]
             row = next((i for i, x in enumerate(self.rows) if x is None), None)
@@ -573,6 +659,7 @@ class EngineCore:
     def _emit(self, r: _Request, token: int, logprob: float):
         r.out.append(token)
         r.lps.append(logprob)
+        r.versions.append(self.weight_version)
         self.stats["generated_tokens"] += 1
         fin = r.stopper.check(r.out)
         if fin is None and r.pos >= self.ec.max_len:  # no room to write this token's KV
@@ -583,6 +670,8 @@ class EngineCore:
             self._finish(r, fin)
 
     def _finish(self, r: _Request, fin: Finish):
+        if r.key is not None:
+            self._live.pop(r.key, None)
         if r.row >= 0:
             self.rows[r.row] = None
             r.row = -1
@@ -603,7 +692,7 @@ class EngineCore:
             except Exception:  # text is a convenience; never fail a completion over it
                 text = None
         c = Completion(token_ids=tuple(r.out), logprobs=tuple(r.lps), finish_reason=fin.kind,
-                       matched=fin.matched, weight_version=self.weight_version,
+                       matched=fin.matched, weight_version=self.weight_version, token_versions=tuple(r.versions),
                        prompt_tokens=len(r.prompt), cached_tokens=max(r.cached, 0), text=text)
         self.stats["completed"] += 1
         r.callback(c)
@@ -668,6 +757,8 @@ class EngineCore:
         self._check_live("step")
         self._drain_inbox()
         self._apply_update()
+        if self.paused:
+            return
         admitted = self._admit()
         if admitted:
             self._prefill_all(admitted)

@@ -250,6 +250,7 @@ class SGLangClient(Generator):
                 raise GeneratorError("no SGLang server could serve the request: " + "; ".join(errors))
             self._check_seed(server, req)
             body = request_body(self._fit(server, req), rid=uuid.uuid4().hex)
+            sent_version = self._version
             server.outstanding += 1
             try:
                 status, data = await self._post(server, "/generate", body)
@@ -301,6 +302,10 @@ class SGLangClient(Generator):
                 continue
             server.served += 1
             server.overload_streak, server.overloaded_until = 0, 0.0
+            if completion.weight_version > sent_version and completion.token_ids:
+                # weights changed while it ran (a partial rollout): SGLang does not say at which
+                # token, so every token gets the oldest version that may have sampled it
+                completion = dataclasses.replace(completion, token_versions=(sent_version,) * len(completion.token_ids))
             self._version = max(self._version, completion.weight_version)
             self._remember(req.session_id, server)
             return completion

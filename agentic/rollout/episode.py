@@ -166,7 +166,7 @@ class EpisodeRecord:
         self.mask += [1] * kept
         self.logprobs += completion.logprobs[:kept]
         # per token when the generator reports it (weights swapped mid-turn), else the turn's version
-        per_token = getattr(completion, "token_versions", None)
+        per_token = completion.token_versions
         self.token_versions += (list(per_token[:kept]) if per_token is not None
                                 else [completion.weight_version] * kept)
 

@@ -345,14 +345,17 @@ class WeightFollower:
     """Keeps an engine on the newest published weights: a daemon thread polls `latest_version()`
     every `poll_s` and, when it differs from `engine.weight_version` (newer, or older after the
     learner was restarted from its last checkpoint), fetches the weights and
-    calls `engine.update_params(params, version)` (any object with those two works).
+    calls `engine.update_params(params, version, **update_kwargs)` (any object with those two
+    works; e.g. `running="finish"` for a JaxEngine without partial rollouts).
 
     Failures (learner unreachable or restarting) are logged and retried at the next poll;
     `.last_error` holds the latest one (None after a success), `.version` the engine's version.
     """
 
-    def __init__(self, client: WeightStreamClient, engine: Any, template: Any, *, poll_s: float = 1.0):
+    def __init__(self, client: WeightStreamClient, engine: Any, template: Any, *, poll_s: float = 1.0,
+                 update_kwargs: dict | None = None):
         self.client, self.engine, self.template, self.poll_s = client, engine, template, poll_s
+        self.update_kwargs = dict(update_kwargs or {})
         self.last_error: Exception | None = None
         self._stop = threading.Event()
         self._updated = threading.Condition()
@@ -370,7 +373,7 @@ class WeightFollower:
         latest = self.client.latest_version()
         if latest >= 0 and latest != self.version:  # older too: a learner resumed from an earlier checkpoint
             version, params = self.client.fetch(self.template, min_version=latest)
-            self.engine.update_params(params, version)
+            self.engine.update_params(params, version, **self.update_kwargs)
             log.info("weights: now serving version %d from %s", version, self.client.address)
             with self._updated:
                 self._updated.notify_all()

@@ -153,6 +153,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.sebulba.learner_devices = 0       # 0 = all remaining
     c.sebulba.dynamic_sampling = False  # set aside groups whose rewards are all equal (zero GRPO advantage)
     c.sebulba.max_batch_rounds = 4      # dynamic sampling: at most this many batches' worth of groups per step
+    # async: a weight update lands at the engine's next decode step and the episodes in flight
+    # continue on the new weights (partial rollouts; each token records the version that sampled
+    # it, the staleness bound and the learner's off-policy correction use them). False: the
+    # update waits until the requests in flight have finished (SGLang's update without a pause).
+    c.sebulba.partial_rollouts = True
 
     # Every LearnerConfig field (agentic/learner/learner.py documents them), under its own name:
     # --config.learner.FIELD=V reaches each one. The loop owns the few it sets itself

@@ -33,8 +33,8 @@ class Recording:
     def __init__(self, engine):
         self.completions, inner = [], engine.generate
 
-        async def generate(requests):
-            out = await inner(requests)
+        async def generate(requests, keys=None):
+            out = await inner(requests, keys)
             self.completions += [(list(r.prompt_ids), c) for r, c in zip(requests, out, strict=True)]
             return out
         engine.generate = generate
