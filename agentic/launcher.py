@@ -236,12 +236,19 @@ def build_generator(config, model_cfg, params, tokenizer, actor_devices, version
     raise ValueError(f"generator.backend must be 'engine' or 'sglang', got {g.backend!r}")
 
 
+def update_running(config) -> str:
+    """What an embedded engine's requests in flight do at a weight update: "keep" with
+    `sebulba.partial_rollouts` (they continue on the new weights), else "finish" (the update
+    waits for them)."""
+    return "keep" if config.sebulba.partial_rollouts else "finish"
+
+
 def weight_publisher(config, generator: Generator, model_cfg, tokenizer, actors: AsyncThread) -> WeightPublisher:
     """How learner params reach `generator`: a device swap (engine) or export + update (SGLang)."""
     if config.generator.backend == "engine":
         from agentic.inference.engine import EngineWeights
 
-        return EngineWeights(generator, running="keep" if config.sebulba.partial_rollouts else "finish")
+        return EngineWeights(generator, running=update_running(config))
     from agentic.inference.sglang_client import SGLangWeights
 
     return SGLangWeights(generator, config.generator.weights_dir, model_cfg, tokenizer, actors.run)

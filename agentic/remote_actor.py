@@ -64,8 +64,8 @@ def run_actor(config: ml_collections.ConfigDict, experiment: Experiment, actor_i
             version, weights = first_weights(client, params, r.wait_s, name)
             generator.update_params(weights, version)
             print(f"{name}: weights version {version} from {r.weights}", flush=True)
-            follower = WeightFollower(client, generator, params, update_kwargs={
-                "running": "keep" if config.sebulba.partial_rollouts else "finish"})
+            follower = WeightFollower(client, generator, params,
+                                      update_kwargs={"running": launcher.update_running(config)})
             follower.start()
             stack.callback(follower.stop)
         queue = GrpcTrajectoryQueue(r.queue)

@@ -109,7 +109,9 @@ COMPARISONS = {
 }
 
 
-def run(label: str, sebulba: dict, args, workdir: str, weights_dir: str | None) -> dict:
+def run(label: str, sebulba: dict, args, tmp: str, weights_dir: str | None) -> dict:
+    name = label.replace("+", "_")  # the run's directories: <tmp>/<name>, <weights_dir>/<name>
+    workdir = os.path.join(tmp, name)
     # The same work in both modes: no evals, no time budget; by default also no cold start and
     # every group trained on. --as-configured keeps the variant's own loop settings (its cold
     # start, dynamic sampling, queue capacity and max lag: stale groups dropped count against it).
@@ -127,7 +129,7 @@ def run(label: str, sebulba: dict, args, workdir: str, weights_dir: str | None) 
     if weights_dir:
         server, url = start_server(os.path.join(weights_dir, "version_000000"), args, workdir + "_server.log")
         cmd += ["--config.generator.backend=sglang", f"--config.generator.sglang_urls={url}",
-                f"--config.generator.weights_dir={os.path.join(weights_dir, label.replace('+', '_'))}"]
+                f"--config.generator.weights_dir={os.path.join(weights_dir, name)}"]
     start = time.monotonic()
     try:
         out = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
@@ -182,7 +184,7 @@ def main():
             print(f"split layout: generator server on CPUs {args.actor_cpus}, trainer on CPUs {args.learner_cpus}",
                   flush=True)
         for mode, sebulba in COMPARISONS[args.compare]:
-            results[mode] = run(mode, sebulba, args, os.path.join(tmp, mode.replace("+", "_")), weights_dir)
+            results[mode] = run(mode, sebulba, args, tmp, weights_dir)
             r = results[mode]
             print(f"{mode:>13}: {r['steps']:.0f} learner steps in {r['train_s']:.1f}s (steps 2..{r['steps']:.0f}, "
                   f"after compilation: {r['steady_s']:.1f}s)  learner idle {r['learner_idle_frac']:.0%}  "

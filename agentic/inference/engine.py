@@ -27,7 +27,7 @@ from agentic import models
 from agentic.core import Completion, GenerateRequest, Generator, GeneratorError, WeightPublisher
 from agentic.inference.engine_config import EngineConfig
 from agentic.inference.engine_step import param_shardings
-from agentic.inference.scheduler import EngineCore
+from agentic.inference.scheduler import EngineCore, check_update_running
 
 __all__ = ["EngineConfig", "EngineCore", "EngineWeights", "JaxEngine", "param_shardings"]
 
@@ -195,8 +195,7 @@ class EngineWeights(WeightPublisher):
     """
 
     def __init__(self, engine: JaxEngine, running: str = "keep"):
-        if running not in ("keep", "recompute", "finish"):
-            raise ValueError(f"EngineWeights: running must be 'keep', 'recompute' or 'finish', got {running!r}")
+        check_update_running(running, "EngineWeights")
         self.engine = engine
         self.running = running
 

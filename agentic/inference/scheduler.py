@@ -64,7 +64,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -83,6 +83,31 @@ from agentic.inference.engine_step import (
 )
 from agentic.inference.kv_pages import KVSeq, PagePool
 from agentic.inference.stops import Finish, StopChecker, completion_text
+
+# What the requests running at a weight swap do (`update_params(running=...)`), and the pause
+# modes (`pause(mode)`, SGLang's `/pause_generation` modes).
+UPDATE_RUNNING = ("keep", "recompute", "finish")
+PAUSE_MODES = ("in_place", "retract", "abort")
+
+
+class _PendingUpdate(NamedTuple):
+    """A weight swap waiting for the stepping thread."""
+    params: Any
+    version: int
+    flush_cache: bool
+    done: threading.Event
+    running: str  # one of UPDATE_RUNNING
+
+
+def check_update_running(running: str, where: str) -> None:
+    """Raises ValueError naming `where` unless `running` is one of UPDATE_RUNNING."""
+    if running not in UPDATE_RUNNING:
+        raise ValueError(f"{where}: running must be {_one_of(UPDATE_RUNNING)}, got {running!r}")
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    """'a', 'b' or 'c'"""
+    return ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}"
 
 
 @dataclasses.dataclass(eq=False)
@@ -184,7 +209,7 @@ class EngineCore:
         self._waiting: collections.deque[_Request] = collections.deque()
         self._inbox: collections.deque = collections.deque()  # thread-safe appends
         self._lock = threading.Lock()
-        self._pending_params: tuple[Any, int, bool, threading.Event, str] | None = None
+        self._pending_params: _PendingUpdate | None = None
         self._live: dict[Any, _Request] = {}  # key -> request submitted and not yet finished
         self.paused: str | None = None  # the pause mode while paused
         self._rng = np.random.default_rng(ec.seed)
@@ -251,8 +276,8 @@ class EngineCore:
         continue); "abort": every waiting and running request ends now with its partial output.
         Requests submitted while paused wait; weight updates apply at once.
         """
-        if mode not in ("in_place", "retract", "abort"):
-            raise ValueError(f"pause mode must be 'in_place', 'retract' or 'abort', got {mode!r}")
+        if mode not in PAUSE_MODES:
+            raise ValueError(f"pause mode must be {_one_of(PAUSE_MODES)}, got {mode!r}")
         self._inbox.append(("pause", mode))
 
     def continue_generation(self) -> None:
@@ -334,14 +359,13 @@ class EngineCore:
             y = jax.device_put(x, s)
             return y if y.dtype == old.dtype else y.astype(old.dtype)
 
-        if running not in ("keep", "recompute", "finish"):
-            raise ValueError(f"update_params: running must be 'keep', 'recompute' or 'finish', got {running!r}")
+        check_update_running(running, "update_params")
         placed = jax.tree.map(place, params, self.param_shardings, self.params)
         done = threading.Event()
         with self._lock:
             if self._pending_params is not None:  # superseded before it was applied
-                self._pending_params[3].set()
-            self._pending_params = (placed, int(version), flush_cache, done, running)
+                self._pending_params.done.set()
+            self._pending_params = _PendingUpdate(placed, int(version), flush_cache, done, running)
         if wait:
             done.wait(timeout)
         return done
@@ -413,21 +437,20 @@ class EngineCore:
     def _apply_update(self):
         with self._lock:
             upd = self._pending_params
-            if upd is None or (upd[4] == "finish" and self.num_running and not self.paused):
+            if upd is None or (upd.running == "finish" and self.num_running and not self.paused):
                 return  # "finish": not before the running requests have
             self._pending_params = None
-        params, version, flush, done, running = upd
-        if running == "recompute" and not self.paused:
+        if upd.running == "recompute" and not self.paused:
             for r in sorted((r for r in self.rows if r is not None), key=lambda r: -r.admitted_at):
                 self._preempt(r)
             self.stats["retracted_for_update"] += 1
-        self.params = params
-        self.weight_version = version
+        self.params = upd.params
+        self.weight_version = upd.version
         self.stats["weight_updates"] += 1
-        if flush:
+        if upd.flush_cache:
             for s in [s for s in self.seqs if s.running is None]:
                 self._drop_idle(s)
-        done.set()
+        upd.done.set()
 
     # ------------------------------------------------------------------ admission
 
@@ -467,7 +490,7 @@ class EngineCore:
         admitted: list[_Request] = []
         ps = self.ec.page_size
         pool = self.pool
-        if self._pending_params is not None and self._pending_params[4] == "finish":
+        if self._pending_params is not None and self._pending_params.running == "finish":
             return admitted  # a swap waits for the running requests: nothing new starts
         while self._waiting:
             r = self._waiting[0]

@@ -3,6 +3,7 @@ after SIGKILL (idle or mid-step), a non-deterministic reply or a poison action f
 CI-scale kill storm loses no replayable episode while the undeclared kind's losses are all typed."""
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -11,12 +12,12 @@ import time
 import grpc
 import pytest
 
-from agentic.env.client import EnvClient
 from agentic.env.errors import EnvError, SessionLost
 from agentic.env.local_hosts import HostProcess
 from agentic.env.proto import env_service_pb2 as pb
 from agentic.env.proto import env_service_pb2_grpc as pb_grpc
 from tests.env.replayable_env import expected
+from tests.env_client import run_with_client
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +37,7 @@ def kill_all(address, env):
         os.kill(pid, signal.SIGKILL)
 
 
-def run(address, body):
-    async def main():
-        async with EnvClient(address) as client:
-            return await body(client)
-    return asyncio.run(asyncio.wait_for(main(), 120))
+run = functools.partial(run_with_client, timeout_s=120)
 
 
 def test_sessions_survive_sigkill_idle_and_mid_step(host):

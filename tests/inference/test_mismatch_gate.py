@@ -19,8 +19,6 @@ Numbers (BUILD.md, "Sampler/learner agreement") are printed with -s.
 
 from __future__ import annotations
 
-import asyncio
-
 import jax
 import jax.numpy as jnp
 import pytest
@@ -28,9 +26,8 @@ import pytest
 from agentic import models
 from agentic.inference.engine import EngineConfig, JaxEngine
 from agentic.learner import mismatch
-from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
-from envs.echo.env import EchoEnv
+from tests.inference.echo_episodes import run_echo_episodes
 
 # a long instruction shared by every task: group samples and tasks share its prefix (copied slot to
 # slot), and at 16 tokens per prefill chunk every first turn is prefilled in several chunks
@@ -56,20 +53,9 @@ def model(tokenizer):
 
 
 def run_episodes(engine, tokenizer, mode: str):
-    groups = []
-
-    async def sink(group):
-        groups.append(group)
-
-    async def make_env():
-        return EchoEnv()
-
-    cfg = ActorConfig(group_size=4, concurrent_groups=2, episode_timeout_s=300, episode=EpisodeConfig(
-        mode=mode, max_turns=3, max_new_tokens_per_turn=12, max_total_tokens=240, temperature=TEMPERATURE))
-    tasks = [{"prompt": INSTRUCTION + w, "turns": 3, "id": w} for w in ("say hi", "say yo")]
-    actor = Actor(config=cfg, generator=engine, tokenizer=tokenizer, make_env=make_env, tasks=iter(tasks), sink=sink)
-    asyncio.run(asyncio.wait_for(actor.run(), 300))
-    return [t for g in groups for t in g]
+    episode = EpisodeConfig(mode=mode, max_turns=3, max_new_tokens_per_turn=12, max_total_tokens=240,
+                            temperature=TEMPERATURE)
+    return [t for g in run_echo_episodes(engine, tokenizer, episode, INSTRUCTION) for t in g]
 
 
 def max_logit(config, params, trajectories) -> float:

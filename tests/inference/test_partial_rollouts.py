@@ -10,8 +10,6 @@ switch, and the learner trains on them with the staleness bound and TIS using th
 
 from __future__ import annotations
 
-import asyncio
-
 import jax
 import numpy as np
 import pytest
@@ -21,10 +19,9 @@ from agentic.core import GenerateRequest, SamplingParams
 from agentic.inference.engine import EngineConfig, EngineCore, EngineWeights, JaxEngine
 from agentic.learner import Learner, LearnerConfig
 from agentic.learner.testing import synthetic_trajectories
-from agentic.rollout.actor import Actor, ActorConfig
 from agentic.rollout.episode import EpisodeConfig
 from agentic.sharding import make_mesh
-from envs.echo.env import EchoEnv
+from tests.inference.echo_episodes import run_echo_episodes
 
 ENGINE = EngineConfig(num_slots=8, max_len=256, prefill_chunk=64, max_prefill_batch=8, min_prefill_bucket=16,
                       min_decode_kv=256, share_prefix_min=8, page_size=16, seed=0)
@@ -151,21 +148,9 @@ def test_the_publisher_names_what_running_requests_do(model, tokenizer):
 
 
 def run_episodes(engine, tokenizer):
-    groups = []
-
-    async def sink(group):
-        groups.append(group)
-
-    async def make_env():
-        return EchoEnv()
-
-    cfg = ActorConfig(group_size=4, concurrent_groups=2, episode_timeout_s=300, episode=EpisodeConfig(
-        mode="continuation", max_turns=3, max_new_tokens_per_turn=16, max_total_tokens=240, temperature=0.9,
-        stop=()))
-    tasks = [{"prompt": "Repeat the user's words back: " + w, "turns": 3, "id": w} for w in ("say hi", "say yo")]
-    actor = Actor(config=cfg, generator=engine, tokenizer=tokenizer, make_env=make_env, tasks=iter(tasks), sink=sink)
-    asyncio.run(asyncio.wait_for(actor.run(), 300))
-    return groups
+    episode = EpisodeConfig(mode="continuation", max_turns=3, max_new_tokens_per_turn=16, max_total_tokens=240,
+                            temperature=0.9, stop=())
+    return run_echo_episodes(engine, tokenizer, episode, "Repeat the user's words back: ")
 
 
 def test_a_learner_update_lands_while_8_multi_turn_episodes_are_mid_generation(model, tokenizer):

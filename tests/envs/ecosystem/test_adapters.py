@@ -12,11 +12,11 @@ import urllib.request
 
 import pytest
 
-from agentic.env.client import EnvClient
 from agentic.env.errors import EnvStepError
 from agentic.env.local_hosts import HostProcess, free_port
 from agentic.env.workers import REPO_ROOT
 from agentic.process import die_with_parent
+from tests.env_client import run_with_client as run
 
 ADAPTERS = ("reasoning_gym", "gym", "textarena", "openenv")
 KINDS = ["reasoning_gym", "gem", "gymnasium", "textarena", "openenv", "openenv_remote"]
@@ -52,13 +52,6 @@ def host():
     imports = [arg for a in ADAPTERS for arg in ("--import", f"envs.ecosystem.{a}")]
     with HostProcess(KINDS, *imports, startup_timeout_s=120) as h:
         yield h
-
-
-def run(address, body):
-    async def main():
-        async with EnvClient(address) as client:
-            return await body(client)
-    return asyncio.run(main())
 
 
 async def play(client, env, task, kwargs, actions):

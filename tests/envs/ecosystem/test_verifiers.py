@@ -10,6 +10,7 @@ import pytest
 from agentic.env.client import EnvClient
 from agentic.env.errors import EnvStepError, InvalidEnvRequest
 from agentic.env.local_hosts import HostProcess
+from tests.env_client import run_with_client as run
 
 GUESS = {"environment": "tests.envs.ecosystem.vf_envs:load_environment"}
 SECRETS = (11, 3, 16, 8)  # vf_envs.load_environment's dataset
@@ -21,13 +22,6 @@ RG = {"environment": "verifiers:ReasoningGymEnv",
 def host():
     with HostProcess(["verifiers"], "--import", "envs.ecosystem.verifiers", startup_timeout_s=120) as h:
         yield h
-
-
-def run(address, body):
-    async def main():
-        async with EnvClient(address) as client:
-            return await body(client)
-    return asyncio.run(main())
 
 
 async def binary_search(client, task, kwargs=GUESS):
