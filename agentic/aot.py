@@ -175,6 +175,7 @@ def _layout(config, topology: str):
     """The run's placement on the topology and its abstract Learner and engine (launcher's constructors)."""
     from agentic import launcher, models
     from agentic.inference.engine import EngineCore
+    from agentic.inference.replicas import replica_plan
     from agentic.learner.learner import Learner
 
     devices = topology_devices(topology)
@@ -185,11 +186,13 @@ def _layout(config, topology: str):
     learner = Learner(launcher.learner_config(config, "/nonexistent"), model_cfg, mesh=mesh, abstract=True)
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, np.dtype(model_cfg.dtype)),
                           models.param_shapes(model_cfg))
-    core = EngineCore(model_cfg, shapes, None, launcher.engine_config(config), devices=engine_devs[0], abstract=True)
+    # one engine replica (`replica_plan`: every replica runs the same programs on its own chips)
+    ec, groups = replica_plan(launcher.engine_config(config), engine_devs[0])
+    core = EngineCore(model_cfg, shapes, None, ec, devices=groups[0], abstract=True)
     summary = (f"{len(devices)} chips, {nproc} hosts; engine on {len(engine_devs[0])} chip(s) per host "
-               f"({'shared with the learner' if config.sebulba.actor_devices == 0 else 'its own'}, "
-               f"{core.ec.num_slots} rows, {core.ec.total_pages} KV pages of {core.ec.page_size} tokens), learner mesh {dict(mesh.shape)} over "
-               f"{len(learner_devs)} chips")
+               f"({'shared with the learner' if config.sebulba.actor_devices == 0 else 'its own'}; "
+               f"{len(groups)} replica(s) of {len(groups[0])} chip(s), each {ec.num_slots} rows, {ec.total_pages} KV "
+               f"pages of {ec.page_size} tokens), learner mesh {dict(mesh.shape)} over {len(learner_devs)} chips")
     return dict(devices=devices, engine_devs=engine_devs, learner_devs=learner_devs, nproc=nproc, learner=learner,
                 core=core, summary=summary)
 

@@ -217,10 +217,10 @@ def build_generator(config, model_cfg, params, tokenizer, actor_devices, version
     """The embedded engine (`engine_config`) or a client of SGLang servers."""
     g = config.generator
     if g.backend == "engine":
-        from agentic.inference.engine import JaxEngine
+        from agentic.inference.replicas import build_engine
 
-        return JaxEngine(model_cfg, params, tokenizer, engine_config(config), devices=list(actor_devices),
-                         weight_version=version)
+        return build_engine(model_cfg, params, tokenizer, engine_config(config), devices=list(actor_devices),
+                            weight_version=version)
     if g.backend == "sglang":
         from agentic.inference.sglang_client import SGLangClient
 
@@ -393,10 +393,13 @@ def engine_weights(params, model_cfg, learner_devices, engine_shardings):
 
 def engine_param_shardings(config, model_cfg, engine_devices):
     """The embedded engine's param shardings on `engine_devices` (its (data, model) mesh, tp_size
-    devices per model replica), as `agentic.inference.engine.EngineCore` builds them."""
+    devices per model replica), as `agentic.inference.engine.EngineCore` builds them; with several
+    engine replicas (`replica_plan`), the first one's (the others reshard device to device)."""
     from agentic.inference.engine_step import engine_mesh, param_shardings
+    from agentic.inference.replicas import replica_plan
 
-    mesh = engine_mesh(engine_devices, engine_config(config).tp_size)
+    ec, groups = replica_plan(engine_config(config), engine_devices)
+    mesh = engine_mesh(groups[0], ec.tp_size)
     return param_shardings(model_cfg, models.param_shapes(model_cfg), mesh)
 
 

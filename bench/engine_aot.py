@@ -88,16 +88,27 @@ def main(argv=None):
               f"(pages for {ec.total_pages // per_seq}, rows {ec.num_slots})")
     lowered = core.lower_programs()
     want = set(filter(None, args.programs.split(",")))
+    seconds = {}
     for name, low in lowered.items():
         if want and name not in want:
             continue
         t0 = time.perf_counter()
-        m = low.compile().memory_analysis()
+        compiled = low.compile()
+        m = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = (cost[0] if isinstance(cost, (list, tuple)) and cost else cost) or {}
+        seconds[name] = float(cost.get("optimal_seconds", 0.0))
         total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
         print(f"  {name:10s} args {m.argument_size_in_bytes / 2**30:7.2f} GiB  out {m.output_size_in_bytes / 2**30:7.2f}"
               f"  alias {m.alias_size_in_bytes / 2**30:7.2f}  temp {m.temp_size_in_bytes / 2**30:7.2f} GiB"
               f"  (temp/cache {m.temp_size_in_bytes / cache_bytes:.3f}; total {total / hbm:.1%} of HBM;"
-              f" compiled in {time.perf_counter() - t0:.0f} s)", flush=True)
+              f" compiler's estimate {1e3 * seconds[name]:.2f} ms; compiled in {time.perf_counter() - t0:.0f} s)",
+              flush=True)
+    if all(seconds.get(k) for k in ("engine_prefill", "engine_decode", "engine_mixed")):
+        # the compiler's roofline (optimal_seconds) counts the layers' loop body once: a layer + the vocab head
+        apart = seconds["engine_prefill"] + seconds["engine_decode"]
+        print(f"  mixed step vs prefill + decode apart, compiler's estimate (one layer + head): "
+              f"{1e3 * seconds['engine_mixed']:.2f} / {1e3 * apart:.2f} ms = {seconds['engine_mixed'] / apart:.2f}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ engine tests check it token for token against `agentic.models.forward`).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,19 +88,45 @@ def ragged_kernel(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, sm
                                       num_queries_per_block=min(32, q.shape[0]))
 
 
-def _pallas_attention(q, kv_layer, positions, page_table, mesh, kernel):
-    """Ragged paged attention over one layer's pages [P, ps, 2 KVH, Dh]: [B, T, H, Dh].
+class Segment(NamedTuple):
+    """Rows of one shape in a forward call: int32 tokens / positions [B, T], page table [B, W],
+    the index in T whose logits are wanted (int32 [B], or None: T - 1), and (static) whether
+    one-token attention runs as a fused multiply-reduce (CPU decode)."""
+    tokens: Any
+    positions: Any
+    page_table: Any
+    last: Any = None
+    reduce_attention: bool = False
 
-    Row b's T queries sit at positions start_b .. start_b + T - 1 (start_b its first position,
-    valid tokens first), so the kernel's causal mask (query j sees kv < kv_len - T + j + 1) is
-    exact for valid tokens with kv_len = start_b + T; padded queries read unwritten positions
-    of extra page-table columns (page 0) and their outputs are ignored."""
+
+def _pallas_attention(q, kv_layer, positions, page_table, mesh, kernel):
+    """Ragged paged attention over one layer's pages [P, ps, 2 KVH, Dh]: [B, T, H, Dh] (one segment)."""
     B, T, H, Dh = q.shape
+    out = _pallas_ragged([q.reshape(B * T, H, Dh)], kv_layer, [positions], [page_table], mesh, kernel)
+    return out.reshape(B, T, H, Dh)
+
+
+def _pallas_ragged(qs, kv_layer, positions, page_tables, mesh, kernel):
+    """One call of the ragged kernel for every segment's rows: [sum B_i T_i, H, Dh].
+
+    qs[i] is segment i's queries flattened [B_i * T_i, H, Dh]. Row b's T queries sit at
+    positions start_b .. start_b + T - 1 (start_b its first position, valid tokens first), so
+    the kernel's causal mask (query j sees kv < kv_len - T + j + 1) is exact for valid tokens
+    with kv_len = start_b + T; padded queries read unwritten positions of extra page-table
+    columns (page 0) and their outputs are ignored. Page tables are padded to one width."""
     ps = kv_layer.shape[1]
-    kv_lens = jnp.maximum(positions[:, 0], 0) + T
-    table = jnp.pad(page_table, ((0, 0), (0, -(-T // ps))))
-    cu = jnp.arange(B + 1, dtype=jnp.int32) * T
-    num = jnp.full((1,), B, jnp.int32)
+    width = max(t.shape[1] + -(-pos.shape[1] // ps) for t, pos in zip(page_tables, positions, strict=True))
+    kv_lens, tables, cu, n = [], [], [jnp.zeros((1,), jnp.int32)], 0
+    for pos, table in zip(positions, page_tables, strict=True):
+        B, T = pos.shape
+        kv_lens.append(jnp.maximum(pos[:, 0], 0) + T)
+        tables.append(jnp.pad(table, ((0, 0), (0, width - table.shape[1]))))
+        cu.append(n + jnp.arange(1, B + 1, dtype=jnp.int32) * T)
+        n += B * T
+    kv_lens, table, cu = jnp.concatenate(kv_lens), jnp.concatenate(tables), jnp.concatenate(cu)
+    num = jnp.full((1,), kv_lens.shape[0], jnp.int32)
+    q = jnp.concatenate(qs) if len(qs) > 1 else qs[0]
+    Dh = q.shape[-1]
 
     def call(qf, kvp, kv_lens, table, cu, num):
         return kernel(qf, kvp, kv_lens, table, cu, num, sm_scale=1.0 / math.sqrt(Dh))
@@ -108,8 +136,7 @@ def _pallas_attention(q, kv_layer, positions, page_table, mesh, kernel):
         call = jax.shard_map(call, mesh=mesh, in_specs=(P(None, "model", None), P(None, None, "model", None),
                                                         P(), P(), P(), P()),
                              out_specs=P(None, "model", None), check_vma=False)
-    out = call(q.reshape(B * T, H, Dh).astype(kv_layer.dtype), kv_layer, kv_lens, table, cu, num)
-    return out.reshape(B, T, H, Dh)
+    return call(q.astype(kv_layer.dtype), kv_layer, kv_lens, table, cu, num)
 
 
 def cached_forward(config: ModelConfig, params, cache, tokens, positions, page_table, *, last=None,
@@ -137,40 +164,72 @@ def cached_forward(config: ModelConfig, params, cache, tokens, positions, page_t
     Returns:
       (logits float32 [B, V], new cache).
     """
+    seg = Segment(tokens, positions, page_table, last, reduce_attention)
+    logits, cache = ragged_forward(config, params, cache, [seg], attention=attention, mesh=mesh, kernel=kernel)
+    return logits, cache
+
+
+def ragged_forward(config: ModelConfig, params, cache, segments: Sequence[Segment], *, attention: str = "xla",
+                   mesh=None, kernel=ragged_kernel):
+    """One forward pass over several segments of rows (e.g. decode rows with one token each and
+    prefill rows with a chunk each: a mixed step), weights read once.
+
+    Every segment's tokens are flattened into one token axis for the projections, the MLP and
+    the KV write (one scatter per layer); attention runs per segment on the XLA path (each
+    with its own page table and window) or as one ragged kernel call over all of them on the
+    Pallas path. Each segment is as `cached_forward`'s arguments.
+
+    Returns:
+      (logits float32 [sum of rows, V]: segment 0's rows first, new cache).
+    """
     c = config
     dt = jnp.dtype(c.dtype)
-    B, T = tokens.shape
     H, KVH, Dh = c.num_heads, c.num_kv_heads, c.head_dim
     num_pages, ps = cache["kv"].shape[1], cache["kv"].shape[2]
-    W = page_table.shape[1]
-    kv_len = W * ps
-    valid = positions >= 0
-    pos0 = jnp.maximum(positions, 0)
-    page = jnp.take_along_axis(page_table, jnp.minimum(pos0 // ps, W - 1), axis=1)
-    w_page = jnp.where(valid, page, num_pages)  # out of range -> dropped by the scatter
-    w_off = pos0 % ps
-    cos, sin = rope_cos_sin(c, pos0)  # [B, T, Dh]
-    mask = jnp.arange(kv_len)[None, None, :] <= positions[:, :, None]  # [B, T, kv_len]
+    shapes = [s.tokens.shape for s in segments]
+    sizes = [b * t for b, t in shapes]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    w_page, w_off, cos, sin, masks = [], [], [], [], []
+    for s, (B, T) in zip(segments, shapes, strict=True):
+        W = s.page_table.shape[1]
+        valid = s.positions >= 0
+        pos0 = jnp.maximum(s.positions, 0)
+        page = jnp.take_along_axis(s.page_table, jnp.minimum(pos0 // ps, W - 1), axis=1)
+        w_page.append(jnp.where(valid, page, num_pages).reshape(-1))  # out of range -> dropped by the scatter
+        w_off.append((pos0 % ps).reshape(-1))
+        cs, sn = rope_cos_sin(c, pos0)  # [B, T, Dh]
+        cos.append(cs.reshape(B * T, -1))
+        sin.append(sn.reshape(B * T, -1))
+        masks.append(jnp.arange(W * ps)[None, None, :] <= s.positions[:, :, None])  # [B, T, W * ps]
+    w_page, w_off = jnp.concatenate(w_page), jnp.concatenate(w_off)
+    cos, sin = jnp.concatenate(cos)[None], jnp.concatenate(sin)[None]  # [1, N, Dh]
+    tokens = jnp.concatenate([s.tokens.reshape(-1) for s in segments])
     layers = params["layers"]
-    x = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0, mode="clip").astype(dt)  # [B, T, D]
+    x = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0, mode="clip").astype(dt)[None]  # [1, N, D]
+    N = x.shape[1]
 
     def layer(i, carry):
         x, ckv = carry
         lp = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), layers)
         at = lp["self_attn"]
         h = _rms(x, lp["input_layernorm"]["scale"], c.rms_norm_eps, dt)
-        q = apply_rope(_proj("btd,dhk->bthk", h, at["q_proj"], dt), cos, sin)
-        k = apply_rope(_proj("btd,dhk->bthk", h, at["k_proj"], dt), cos, sin)
-        v = _proj("btd,dhk->bthk", h, at["v_proj"], dt)
-        new = jnp.stack([k, v], axis=3).reshape(B, T, 2 * KVH, Dh)  # k0, v0, k1, v1, ...
+        q = apply_rope(_proj("btd,dhk->bthk", h, at["q_proj"], dt), cos, sin)[0]  # [N, H, Dh]
+        k = apply_rope(_proj("btd,dhk->bthk", h, at["k_proj"], dt), cos, sin)[0]
+        v = _proj("btd,dhk->bthk", h, at["v_proj"], dt)[0]
+        new = jnp.stack([k, v], axis=2).reshape(N, 2 * KVH, Dh)  # k0, v0, k1, v1, ...
         ckv = ckv.at[i, w_page, w_off].set(new.astype(ckv.dtype), mode="drop")
+        qs = [q[o:o + n] for o, n in zip(offsets, sizes, strict=True)]
         if attention == "pallas":
-            o = _pallas_attention(q, jax.lax.dynamic_index_in_dim(ckv, i, keepdims=False), positions,
-                                  page_table, mesh, kernel)
-        else:  # layer i's pages of each row's window, one gather: [B, kv_len, KVH, 2, Dh]
-            pages = ckv[i, page_table].reshape(B, kv_len, KVH, 2, Dh)
-            o = _xla_attention(q, pages, mask, reduce_attention)
-        o = o.reshape(B, T, H, Dh).astype(dt)
+            o = _pallas_ragged(qs, jax.lax.dynamic_index_in_dim(ckv, i, keepdims=False),
+                               [s.positions for s in segments], [s.page_table for s in segments], mesh, kernel)
+        else:  # per segment, layer i's pages of each row's window, one gather: [B, W * ps, KVH, 2, Dh]
+            outs = []
+            for s, (B, T), qi, mask in zip(segments, shapes, qs, masks, strict=True):
+                pages = ckv[i, s.page_table].reshape(B, s.page_table.shape[1] * ps, KVH, 2, Dh)
+                red = s.reduce_attention and T == 1
+                outs.append(_xla_attention(qi.reshape(B, T, H, Dh), pages, mask, red).reshape(B * T, H, Dh))
+            o = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+        o = o.reshape(1, N, H, Dh).astype(dt)
         x = x + _proj("bthk,hkd->btd", o, at["o_proj"], dt)
         h = _rms(x, lp["post_attention_layernorm"]["scale"], c.rms_norm_eps, dt)
         m = lp["mlp"]
@@ -180,7 +239,11 @@ def cached_forward(config: ModelConfig, params, cache, tokens, positions, page_t
         return x, ckv
 
     x, ckv = jax.lax.fori_loop(0, c.num_layers, layer, (x, cache["kv"]))
-    x = x[:, -1] if last is None else jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]  # [B, D]
+    picks = []  # the one position per row whose logits are wanted
+    for s, (B, T), o in zip(segments, shapes, offsets, strict=True):
+        last = jnp.full((B,), T - 1, jnp.int32) if s.last is None else s.last
+        picks.append(o + jnp.arange(B, dtype=jnp.int32) * T + last)
+    x = jnp.take(x[0], jnp.concatenate(picks), axis=0)  # [rows, D]
     x = _rms(x, params["norm"]["scale"], c.rms_norm_eps, dt)
     if c.tie_word_embeddings:
         logits = jnp.einsum("bd,vd->bv", x, params["embed_tokens"]["embedding"].astype(dt),

@@ -4,9 +4,12 @@ The engine's parts, one job per file:
 
 * `engine_config.py`: `EngineConfig`, its capacity and shapes;
 * `kv_pages.py`: the KV cache's page pool and the sequences holding pages;
-* `engine_step.py`: the compiled prefill / decode / page-copy programs and their shardings;
+* `engine_step.py`: the compiled prefill / decode / mixed / page-copy programs, their shardings,
+  and the served model (KV heads repeated when tensor parallelism exceeds them);
 * `scheduler.py`: `EngineCore`, the synchronous scheduler (admission by free pages, prefix
-  sharing, chunked prefill, continuous batching, preemption, weight swap, AOT lowering);
+  sharing, chunked prefill, mixed prefill/decode steps, continuous batching, preemption, weight
+  swap, AOT lowering);
+* `replicas.py`: data-parallel engine replicas behind one Generator, and their plan;
 * `decode_model.py`: the forward pass over the paged cache; `sampling.py`, `stops.py`.
 
 This module runs an `EngineCore` on a background thread (`JaxEngine`) and publishes learner
@@ -160,11 +163,12 @@ class JaxEngine(Generator):
         self._notify()
 
     def update_params(self, params: Any, version: int, *, flush_cache: bool = True, running: str = "keep",
-                      wait: bool = True, timeout: float | None = 600.0) -> None:
+                      wait: bool = True, timeout: float | None = 600.0) -> threading.Event:
         """Swaps weights between two decode steps (see `EngineCore.update_params`, also for
         what `running` requests do: "keep", "recompute" or "finish").
 
-        Thread-safe; by default returns once the new weights are live.
+        Thread-safe; by default returns once the new weights are live. Returns an Event set
+        when they are (for `wait=False`).
         """
         done = self.core.update_params(params, version, flush_cache=flush_cache, running=running, wait=False)
         if not self._thread.is_alive():  # closed or crashed: nothing steps the core, swap here
@@ -172,6 +176,7 @@ class JaxEngine(Generator):
         self._notify()
         if wait and not done.wait(timeout):
             raise GeneratorError(f"weight update to version {version} not applied within {timeout} s")
+        return done
 
     async def close(self) -> None:
         self._closed = True

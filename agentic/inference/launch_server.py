@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running-requests", type=int, default=32, help="KV slots decoded together")
     p.add_argument("--chunked-prefill-size", type=int, default=512, help="most prompt tokens per prefill call")
     p.add_argument("--max-prefill-batch", type=int, default=8)
+    p.add_argument("--enable-mixed-chunk", action="store_true",
+                   help="run new requests' prefill in the decode step's forward pass also on CPU (SGLang's flag; "
+                        "default: on for accelerators, off on CPU: EngineConfig.mixed_prefill='auto')")
     p.add_argument("--tp-size", "--tensor-parallel-size", type=int, default=1,
                    help="devices per model replica (ignored with a warning when fewer devices exist)")
     p.add_argument("--random-seed", type=int, default=0)
@@ -82,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         tokenizer = models.load_tokenizer(args.tokenizer_path)
     ec = EngineConfig(num_slots=args.max_running_requests, max_len=args.context_length,
                       prefill_chunk=min(args.chunked_prefill_size, args.context_length),
-                      max_prefill_batch=args.max_prefill_batch, tp_size=tp, seed=args.random_seed)
+                      max_prefill_batch=args.max_prefill_batch, tp_size=tp, seed=args.random_seed,
+                      mixed_prefill="on" if args.enable_mixed_chunk else "auto")
     version = int(args.weight_version) if args.weight_version.lstrip("-").isdigit() else 0
     core = EngineCore(config, params, tokenizer, ec, devices=jax.devices()[:tp], weight_version=version)
     if args.warmup:

@@ -19,6 +19,10 @@ Design (one scheduler step = weight swap, admit, prefill, one decode step):
   free one) and are prefilled (several at once, padded to bucketed shapes); then one jitted
   decode step advances every running request: it runs the fewest first rows (8, 16, 32, ...
   num_slots) that hold them all. Finished requests leave at once.
+* **Mixed steps** (`EngineConfig.mixed_prefill`). While requests decode, the step that admits
+  new ones runs their first prefill call and the decode step as one forward pass (decode rows
+  and prefill rows in one ragged step, `engine_mixed`), and admits about `prefill_chunk`
+  prompt tokens per step, so arrivals stall the running requests by about one chunk each step.
 * **Fixed shapes.** Prefill runs at (rows, tokens) buckets attending a page table of max_len
   (longer prompts are prefilled in chunks), decode at a row bucket with a window of 64, 128,
   ... max_len positions' pages. After every bucket has been seen nothing recompiles;
@@ -79,7 +83,10 @@ from agentic.inference.engine_step import (
     cache_shape,
     cache_sharding,
     engine_mesh,
+    kv_repeat,
     param_shardings,
+    repeat_kv_heads,
+    served_config,
 )
 from agentic.inference.kv_pages import KVSeq, PagePool
 from agentic.inference.stops import Finish, StopChecker, completion_text
@@ -97,6 +104,15 @@ class _PendingUpdate(NamedTuple):
     flush_cache: bool
     done: threading.Event
     running: str  # one of UPDATE_RUNNING
+
+
+class _DecodeBatch(NamedTuple):
+    """A decode step's inputs: rows 0..n-1 (None where nothing decodes) and their arrays."""
+    running: list
+    table: np.ndarray
+    tokens: np.ndarray
+    positions: np.ndarray
+    samp: tuple
 
 
 def check_update_running(running: str, where: str) -> None:
@@ -168,18 +184,27 @@ class EngineCore:
             eos_token_ids = () if eos is None else (eos if isinstance(eos, (list, tuple)) else (eos,))
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
 
+        # the params as given / updated (`param_shardings`), and as served (`served_params`: with
+        # tensor parallelism beyond the KV heads, each KV head repeated so every device holds one)
         self.param_shardings = param_shardings(config, params, self.mesh)
-        self.cache_sharding = cache_sharding(config, ec, self.mesh)
+        self.kv_repeat = kv_repeat(config, ec.tp_size)
+        self.served_config = served = served_config(config, ec.tp_size)
+        self._param_shapes = jax.tree.map(lambda p: tuple(p.shape), params)
+        served_shapes = jax.eval_shape(lambda p: repeat_kv_heads(p, self.kv_repeat), params)
+        self.served_shardings = param_shardings(served, served_shapes, self.mesh)
+        self._serve = jax.jit(lambda p: repeat_kv_heads(p, self.kv_repeat), out_shardings=self.served_shardings)
+        self.cache_sharding = cache_sharding(served, ec, self.mesh)
         cache_dtype = np.dtype(ec.cache_dtype or config.dtype)
-        shape = cache_shape(config, ec)
+        shape = cache_shape(served, ec)
         self.cache_shapes = {"kv": jax.ShapeDtypeStruct(shape, cache_dtype, sharding=self.cache_sharding)}
         if abstract:
             self.params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-                                       params, self.param_shardings)
+                                       served_shapes, self.served_shardings)
             self.cache = self.cache_shapes
         else:
-            self.params = jax.device_put(params, self.param_shardings)
-            self.cache = jax.jit(lambda: init_paged_cache(config, ec.total_pages, ec.page_size, cache_dtype),
+            placed = jax.device_put(params, self.param_shardings)
+            self.params = self._serve(placed) if self.kv_repeat > 1 else placed
+            self.cache = jax.jit(lambda: init_paged_cache(served, ec.total_pages, ec.page_size, cache_dtype),
                                  out_shardings={"kv": self.cache_sharding})()
         self.weight_version = int(weight_version)
 
@@ -196,8 +221,10 @@ class EngineCore:
         self.compile_counts: collections.Counter = collections.Counter()
         self.stats = collections.Counter()  # token / call counts, and *_s wall seconds
         platform = devices[0].platform
-        self.attention = attention_impl(config, ec, self.mesh, platform)
-        self.programs = EnginePrograms(config, ec, self.mesh, self.cache_sharding,
+        # prefill joins the decode step (`EngineConfig.mixed_prefill`; "auto": on accelerators)
+        self.mixed = ec.mixed_prefill == "on" or (ec.mixed_prefill == "auto" and platform != "cpu")
+        self.attention = attention_impl(served, ec, self.mesh, platform)
+        self.programs = EnginePrograms(served, ec, self.mesh, self.cache_sharding,
                                        reduce_attention=platform == "cpu", counts=self.compile_counts,
                                        attention=self.attention)
         self.replicated = self.programs.replicated
@@ -220,16 +247,17 @@ class EngineCore:
         """Every distinct program the engine runs, lowered at its largest shapes.
 
         prefill at the largest rows x token bucket (attending a max_len page table), decode at
-        num_slots rows and the max_len window, the page copy; each on ShapeDtypeStructs with
+        num_slots rows and the max_len window, the page copy, and (`mixed_prefill`) the mixed
+        step at both largest shapes in one pass; each on ShapeDtypeStructs with
         this core's NamedShardings. Works in abstract mode (nothing allocated): call
         `.compile().memory_analysis()` on each for a TPU topology's per-chip memory.
         """
         params = jax.tree.map(lambda p, s: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=s),
-                              self.params, self.param_shardings)
+                              self.params, self.served_shardings)
         # Pallas lowers for the default device's chip: make it the engine's (a TPU topology's)
         with jax.default_device(self.devices[0]):
             return self.programs.lower(params, self.cache_shapes, self.row_buckets[-1], self.len_buckets[-1],
-                                       self.decode_row_buckets[-1], self.ec.pages_per_seq)
+                                       self.decode_row_buckets[-1], self.ec.pages_per_seq, self.mixed)
 
     def _check_live(self, what: str) -> None:
         if self.abstract:
@@ -293,7 +321,7 @@ class EngineCore:
         self._inbox.append(("flush", None))
 
     def warmup(self) -> int:
-        """Compiles every bucketed prefill and decode program before serving; returns how many.
+        """Compiles every bucketed prefill, decode and mixed program before serving; returns how many.
 
         Runs each shape once on rows whose positions are all -1, so nothing is written
         to the KV cache. Call before anything steps the engine (`launch_server --warmup`
@@ -314,9 +342,16 @@ class EngineCore:
         for n in self.decode_row_buckets:
             samp = self._sampling_arrays([None] * n, n)
             for kv_len in self.kv_buckets:
+                table = np.zeros((n, kv_len // self.ec.page_size), np.int32)
                 self.cache, tok, _ = self.programs.decode(
-                    self.params, self.cache, np.zeros((n, kv_len // self.ec.page_size), np.int32),
-                    np.zeros(n, np.int32), np.full(n, -1, np.int32), *samp)
+                    self.params, self.cache, table, np.zeros(n, np.int32), np.full(n, -1, np.int32), *samp)
+                for rows, t in ((rows, t) for rows in self.row_buckets for t in self.len_buckets
+                                if self.mixed):
+                    both = self._sampling_arrays([None] * (n + rows), n + rows)
+                    self.cache, tok, _ = self.programs.mixed(
+                        self.params, self.cache, table, np.zeros(n, np.int32), np.full(n, -1, np.int32),
+                        np.zeros((rows, W), np.int32), np.zeros((rows, t), np.int32),
+                        np.full((rows, t), -1, np.int32), np.zeros(rows, np.int32), *both)
         jax.block_until_ready(tok)
         return sum(self.compile_counts.values()) - before
 
@@ -347,13 +382,14 @@ class EngineCore:
         """
         self._check_live("update_params")
         flat_new, tree_new = jax.tree.flatten(params)
-        flat_old, tree_old = jax.tree.flatten(self.params)
+        tree_old = jax.tree.structure(self.params)
         if tree_new != tree_old:
             raise ValueError(f"update_params: param tree differs from the served one:\n{tree_new}\nvs\n{tree_old}")
-        for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(params)[0], flat_old, strict=True):
-            if tuple(a.shape) != tuple(b.shape):
+        shapes = jax.tree.leaves(self._param_shapes, is_leaf=lambda x: isinstance(x, tuple))
+        for (path, a), shape in zip(jax.tree_util.tree_flatten_with_path(params)[0], shapes, strict=True):
+            if tuple(a.shape) != shape:
                 raise ValueError(f"update_params: {jax.tree_util.keystr(path)} has shape {tuple(a.shape)}, "
-                                 f"served {tuple(b.shape)}")
+                                 f"served {shape}")
 
         def place(x, s, old):
             y = jax.device_put(x, s)
@@ -361,6 +397,8 @@ class EngineCore:
 
         check_update_running(running, "update_params")
         placed = jax.tree.map(place, params, self.param_shardings, self.params)
+        if self.kv_repeat > 1:
+            placed = self._serve(placed)
         done = threading.Event()
         with self._lock:
             if self._pending_params is not None:  # superseded before it was applied
@@ -486,8 +524,11 @@ class EngineCore:
                     best, source = n, leader
         return source, (best if source is not None else 0)
 
-    def _admit(self) -> list[_Request]:
+    def _admit(self, budget: int | None = None) -> list[_Request]:
+        """Admits waiting requests (FIFO) while rows and pages allow; with `budget`, also stops
+        once the admitted requests' tokens to prefill reach it (at least one is admitted)."""
         admitted: list[_Request] = []
+        planned = 0  # tokens to prefill, counted at admission
         ps = self.ec.page_size
         pool = self.pool
         if self._pending_params is not None and self._pending_params.running == "finish":
@@ -495,7 +536,7 @@ class EngineCore:
         while self._waiting:
             r = self._waiting[0]
             row = next((i for i, x in enumerate(self.rows) if x is None), None)
-            if row is None:
+            if row is None or (budget is not None and admitted and planned >= budget):
                 break
             limit = len(r.ctx) - 1
             sid = r.req.session_id
@@ -540,6 +581,7 @@ class EngineCore:
             r.seq, r.row = seq, row
             self.rows[row] = r
             r.pos, r.todo = cached, r.ctx[cached:]
+            planned += len(r.ctx) - max(cached, n)
             if isinstance(source, KVSeq):  # its KV is written: attach now (a leader's, after its prefill)
                 self._attach_shared(r)
             elif r.cached < 0 and source is None:
@@ -602,11 +644,12 @@ class EngineCore:
                 table[j, :len(pages)] = pages
         return table
 
-    def _prefill_all(self, admitted: list[_Request]):
+    def _prefill_all(self, admitted: list[_Request], fuse_decode: bool = False):
         """Attaches shared prefixes, then prefills what is left, in waves.
 
         A request sharing the prompt of another admitted in the same step waits for that
         one's prefill (the next wave); every other attach runs before any prefill writes.
+        `fuse_decode`: the first prefill call also runs this step's decode (a mixed step).
         """
         def leader(r):
             return r.share[2] if r.share is not None else None
@@ -619,7 +662,8 @@ class EngineCore:
                 if r.share is not None:
                     self._attach_shared(r)
                 self.stats["cached_tokens"] += r.pos
-            self._prefill_rows(wave)
+            self._prefill_rows(wave, fuse_decode)
+            fuse_decode = False  # the first call took it (every admitted request has a token to prefill)
             finished |= {id(r) for r in wave}
             wave = [r for r in later if id(leader(r)) in finished]
             later = [r for r in later if id(leader(r)) not in finished]
@@ -636,8 +680,9 @@ class EngineCore:
         fits = [b for b in self.len_buckets if b <= n]
         return fits[-1] if fits else n
 
-    def _prefill_rows(self, admitted: list[_Request]):
-        """Prefills the new tokens of admitted requests in bucketed batches (chunked)."""
+    def _prefill_rows(self, admitted: list[_Request], fuse_decode: bool = False):
+        """Prefills the new tokens of admitted requests in bucketed batches (chunked); with
+        `fuse_decode` the first batch runs in one forward pass with the decode step."""
         todo = [r for r in admitted if len(r.todo)]
         W = self.ec.pages_per_seq
         while todo:
@@ -658,11 +703,26 @@ class EngineCore:
                 positions[j, :n] = np.arange(r.pos, r.pos + n)
                 last[j] = n - 1
             samp = self._sampling_arrays(padded, rows)
+            d = self._decode_batch() if fuse_decode else None
+            fuse_decode = False
             t0 = time.perf_counter()
-            self.cache, tok, lp = self.programs.prefill(self.params, self.cache, self._page_table(padded, W),
-                                                        tokens, positions, last, *samp)
-            tok, lp = np.asarray(tok), np.asarray(lp)
-            self.stats["prefill_s"] += time.perf_counter() - t0
+            if d is None:
+                self.cache, tok, lp = self.programs.prefill(self.params, self.cache, self._page_table(padded, W),
+                                                            tokens, positions, last, *samp)
+                tok, lp = np.asarray(tok), np.asarray(lp)
+                self.stats["prefill_s"] += time.perf_counter() - t0
+            else:
+                both = tuple(np.concatenate([a, b]) for a, b in zip(d.samp, samp, strict=True))
+                self.cache, tok, lp = self.programs.mixed(self.params, self.cache, d.table, d.tokens, d.positions,
+                                                          self._page_table(padded, W), tokens, positions, last,
+                                                          *both)
+                tok, lp = np.asarray(tok), np.asarray(lp)
+                self.stats["mixed_s"] += time.perf_counter() - t0
+                self.stats["mixed_steps"] += 1
+                self.stats["decode_steps"] += 1
+                n = len(d.running)
+                self._decoded(d, tok[:n], lp[:n])
+                tok, lp = tok[n:], lp[n:]
             self.stats["prefill_calls"] += 1
             self.stats["prefill_padded_tokens"] += rows * t_bucket
             for j, (r, n) in enumerate(zip(group, sizes, strict=True)):
@@ -732,9 +792,10 @@ class EngineCore:
         self._waiting.appendleft(r)
         self.stats["preemptions"] += 1
 
-    def _grow_pages(self) -> None:
+    def _grow_pages(self) -> bool:
         """Gives every running request crossing into a new page that page (evicting idle
-        sequences, then preempting the newest running requests, when the pool is empty)."""
+        sequences, then preempting the newest running requests, when the pool is empty).
+        Returns whether any request is left to decode."""
         for r in sorted((r for r in self.rows if r is not None), key=lambda r: r.admitted_at):
             if r.seq is None or r.pos < len(r.seq.pages) * self.ec.page_size:
                 continue
@@ -744,12 +805,13 @@ class EngineCore:
                     raise AssertionError("the page pool cannot hold one sequence")  # num_pages >= pages_per_seq
                 self._preempt(max(victims, key=lambda v: v.admitted_at))
             r.seq.pages.append(self.pool.alloc())
+        return any(r is not None and r.pending >= 0 for r in self.rows)
 
-    def _decode_step(self):
-        self._grow_pages()
+    def _decode_batch(self) -> _DecodeBatch | None:
+        """The decode step's inputs for every running request with a pending token (None: none)."""
         running = [r if r is not None and r.pending >= 0 else None for r in self.rows]
         if not any(r is not None for r in running):
-            return
+            return None
         n = fit(self.decode_row_buckets, max(i for i, r in enumerate(running) if r is not None) + 1)
         running = running[:n]
         tokens = np.zeros(n, np.int32)
@@ -760,32 +822,48 @@ class EngineCore:
         samp = self._sampling_arrays(running, n)
         kv_len = fit(self.kv_buckets, int(positions.max()) + 1)
         table = self._page_table(running, kv_len // self.ec.page_size)
+        return _DecodeBatch(running, table, tokens, positions, samp)
+
+    def _decode_step(self):
+        self._grow_pages()
+        d = self._decode_batch()
+        if d is None:
+            return
         t0 = time.perf_counter()
-        self.cache, tok, lp = self.programs.decode(self.params, self.cache, table, tokens, positions, *samp)
+        self.cache, tok, lp = self.programs.decode(self.params, self.cache, d.table, d.tokens, d.positions, *d.samp)
         tok, lp = np.asarray(tok), np.asarray(lp)
         self.stats["decode_s"] += time.perf_counter() - t0
         self.stats["decode_steps"] += 1
-        for r in running:
+        self._decoded(d, tok, lp)
+
+    def _decoded(self, d: _DecodeBatch, tok: np.ndarray, lp: np.ndarray) -> None:
+        """Appends each decoded row's pending token to its sequence and emits its next one."""
+        for r in d.running:
             if r is None:
                 continue
             r.seq.tokens = np.append(r.seq.tokens, np.int32(r.pending))
             r.pos += 1
             r.pending = -1
-            self._emit(r, int(tok[r.row]), float(lp[r.row]))
+            self._emit(r, int(tok[r.row]), float(lp[r.row]))  # rows 0..n-1: index = row
 
     # ------------------------------------------------------------------ driving
 
     def step(self) -> None:
-        """One scheduler iteration: weight swap, admissions + prefill, one decode step."""
+        """One scheduler iteration: weight swap, admissions + prefill, one decode step (with
+        `mixed_prefill`, the first prefill call and the decode step are one forward pass)."""
         self._check_live("step")
         self._drain_inbox()
         self._apply_update()
         if self.paused:
             return
-        admitted = self._admit()
+        # mixed: the running requests' pages for this step first, then new requests' prefill
+        # shares one forward pass with their decode (and admissions stop at a token budget)
+        decoding = self.mixed and self._grow_pages()
+        admitted = self._admit(budget=self.ec.prefill_chunk if decoding else None)
         if admitted:
-            self._prefill_all(admitted)
-        self._decode_step()
+            self._prefill_all(admitted, fuse_decode=decoding)
+        if not (admitted and decoding):
+            self._decode_step()
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
         for _ in range(max_steps):

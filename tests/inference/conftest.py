@@ -66,7 +66,8 @@ def tiny():
 
 
 ENGINE_CONFIG = EngineConfig(num_slots=4, max_len=128, prefill_chunk=32, max_prefill_batch=4, min_decode_kv=32,
-                             min_prefill_bucket=8, bucket_growth=4, seed=0, page_size=16, num_pages=256)
+                             min_prefill_bucket=8, bucket_growth=4, seed=0, page_size=16, num_pages=256,
+                             mixed_prefill="on")  # "auto" is off on CPU; the tests check the mixed step
 
 
 @pytest.fixture(scope="session")

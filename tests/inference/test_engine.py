@@ -238,8 +238,9 @@ def test_warmup_compiles_every_shape_and_writes_nothing(tiny, reference):
     config, params, tok = tiny
     core = EngineCore(config, params, tok, ENGINE_CONFIG)
     n = core.warmup()
-    assert n == (len(core.row_buckets) * len(core.len_buckets)
-                 + len(core.decode_row_buckets) * len(core.kv_buckets) + 1)  # + the slot copy
+    prefill_shapes = len(core.row_buckets) * len(core.len_buckets)
+    decode_shapes = len(core.decode_row_buckets) * len(core.kv_buckets)
+    assert n == prefill_shapes + decode_shapes * (1 + prefill_shapes) + 1  # mixed: each pair; + the page copy
     compiled = sum(core.compile_counts.values())
     prompts = [prompt_of(k, seed=k) for k in (3, 40, 17, 8, 30)]
     outs = core.generate_sync([GenerateRequest(prompt_ids=p, params=GREEDY) for p in prompts])

@@ -86,7 +86,8 @@ def test_an_openai_client_agent_becomes_a_trajectory(smollm2):
         for p, c in turns:
             n = len(c.token_ids)
             assert t.loss_mask[len(p):len(p) + n].all()
-            assert t.behavior_logprobs[len(p):len(p) + n].tolist() == pytest.approx(list(c.logprobs))
+            # (the two agents' alike first requests may differ in float noise: one ran in a mixed step)
+            assert t.behavior_logprobs[len(p):len(p) + n].tolist() == pytest.approx(list(c.logprobs), abs=1e-5)
         assert int(t.loss_mask.sum()) == sum(len(c.token_ids) for _, c in turns)  # mask 1 exactly there
         assert (t.behavior_logprobs[t.loss_mask == 0] == 0).all()
     first = tok.decode(traj.tokens[traj.turn_starts[0]:traj.turn_starts[1]].tolist())

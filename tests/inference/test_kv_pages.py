@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 
 import jax
 import jax.numpy as jnp
@@ -92,6 +93,7 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
         pytest.skip("needs 2 devices")
     shapes = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.bfloat16), params)
     ec = dataclasses.replace(ENGINE_CONFIG, tp_size=2)
+    gc.collect()  # earlier tests' garbage must not leave while we count
     live = len(jax.live_arrays())
     core = EngineCore(config, shapes, tok, ec, devices=jax.devices()[:2], abstract=True)
     assert len(jax.live_arrays()) == live and not core.compile_counts
@@ -100,8 +102,9 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
     assert core.cache_shapes["kv"].sharding.spec[3] == "model" and core.attention == "xla"
     assert "model" in str(core.param_shardings["layers"]["mlp"]["up_proj"]["kernel"].spec)
     lowered = core.lower_programs()
-    assert set(lowered) == {"engine_prefill", "engine_decode", "engine_copy_page"}
-    assert set(core.compile_counts) == {"prefill[4x32]", "decode[4xkv128]", "copy_page"}  # the largest
+    assert set(lowered) == {"engine_prefill", "engine_decode", "engine_mixed", "engine_copy_page"}
+    assert set(core.compile_counts) == {"prefill[4x32]", "decode[4xkv128]", "mixed[4xkv128+4x32]",  # the largest
+                                        "copy_page"}
     assert len(jax.live_arrays()) == live
     compiled = lowered["engine_prefill"].compile()
     params_in, cache_in = compiled.input_shardings[0][:2]
