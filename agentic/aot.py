@@ -248,12 +248,10 @@ def _model_flops(config, lay, name: str) -> float:
         return train_flops(mc, np.full(rows, T)) / n_learner
     if name == "learner_score":  # forward only (a third), the policy and the reference
         return train_flops(mc, np.full(rows, T)) / 3 * (2 if learner._reference() is not None else 1) / n_learner
-    per_engine_chip = len(lay["engine_devs"][0])
-    if name == "engine_decode":
-        return 2.0 * matmul_params(core.config) * core.decode_row_buckets[-1] / per_engine_chip
-    if name == "engine_prefill":
-        return 2.0 * matmul_params(core.config) * core.row_buckets[-1] * core.len_buckets[-1] / per_engine_chip
-    return 0.0
+    per_engine_chip = len(core.devices)  # one replica's chips
+    tokens = {"engine_decode": core.decode_row_buckets[-1], "engine_prefill": core.row_buckets[-1] * core.len_buckets[-1]}
+    tokens["engine_mixed"] = tokens["engine_decode"] + tokens["engine_prefill"]
+    return 2.0 * matmul_params(core.config) * tokens[name] / per_engine_chip if name in tokens else 0.0
 
 
 def _compile_in_child(config, topology: str, name: str, chips: str, resident: float) -> Program:
