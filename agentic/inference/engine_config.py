@@ -58,7 +58,7 @@ class EngineConfig:
         request, then decodes. "auto" (default): "on" on accelerators, where a decode step is
         bound by reading weights and prefill tokens ride along (v5p, the compiler's estimate for
         Qwen2.5-3B: 0.83 of the time apart), "off" on CPU, where both are compute-bound
-        (bench/mixed_step.py: 0.92x tokens/s, the longest stall 0.45x).
+        (bench/mixed_step.py: 0.92-0.94x tokens/s, the longest stall 0.45-0.48x).
     """
 
     num_slots: int = 16
