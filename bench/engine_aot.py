@@ -33,7 +33,7 @@ from agentic.inference.engine import EngineConfig, EngineCore  # noqa: E402
 
 TOPOLOGIES = {  # name -> (topology, chip config, chips per host, HBM GiB per device)
     "v5p": ("v5p:2x2x4", "megacore", (2, 2, 1), 95.74),
-    "v6e": ("v6e:4x4", "default", (2, 2, 1), 31.25),
+    "v6e": ("v6e:2x2", "default", (2, 2, 1), 31.25),  # one host: a program over its chips needs ids 0-3
 }
 
 
@@ -64,7 +64,9 @@ def main(argv=None):
     ap.add_argument("--programs", default="", help="comma-separated subset (default: all)")
     args = ap.parse_args(argv)
 
-    devices = tpu_devices(args.tpu)[: args.devices]
+    topo = tpu_devices(args.tpu)
+    host0 = [d for d in topo if d.process_index == topo[0].process_index]  # one host's chips first
+    devices = (host0 if len(host0) >= args.devices else list(topo))[: args.devices]
     hbm = TOPOLOGIES[args.tpu][3] * 2**30
     cfg = dataclasses.replace(models.get_config(args.model), dtype=args.dtype, param_dtype=args.dtype)
     shapes = jax.eval_shape(lambda: models.init_params(cfg, jax.random.key(0)))

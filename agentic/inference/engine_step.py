@@ -125,7 +125,7 @@ class EnginePrograms:
         ps = ec.page_size
 
         def prefill(params, cache, page_table, tokens, positions, last, temp, top_k, top_p, seeds, steps):
-            counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}]"] += 1
+            counts[f"prefill[{tokens.shape[0]}x{tokens.shape[1]}xkv{page_table.shape[1] * ps}]"] += 1
             logits, cache = cached_forward(config, params, cache, tokens, positions, page_table, last=last,
                                            attention=attention, mesh=mesh)
             tok, lp = sample(logits, temp, top_k, top_p, seeds, steps)
@@ -140,7 +140,8 @@ class EnginePrograms:
 
         def mixed(params, cache, d_table, d_tokens, d_positions, p_table, p_tokens, p_positions, p_last,
                   temp, top_k, top_p, seeds, steps):
-            counts[f"mixed[{d_tokens.shape[0]}xkv{d_table.shape[1] * ps}+{p_tokens.shape[0]}x{p_tokens.shape[1]}]"] += 1
+            counts[f"mixed[{d_tokens.shape[0]}xkv{d_table.shape[1] * ps}+{p_tokens.shape[0]}x{p_tokens.shape[1]}"
+                   f"xkv{p_table.shape[1] * ps}]"] += 1
             segments = [Segment(d_tokens[:, None], d_positions[:, None], d_table, None, reduce_attention),
                         Segment(p_tokens, p_positions, p_table, p_last)]
             logits, cache = ragged_forward(config, params, cache, segments, attention=attention, mesh=mesh)

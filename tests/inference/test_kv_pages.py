@@ -103,7 +103,7 @@ def test_abstract_core_lowers_every_program_without_allocating(tiny):
     assert "model" in str(core.param_shardings["layers"]["mlp"]["up_proj"]["kernel"].spec)
     lowered = core.lower_programs()
     assert set(lowered) == {"engine_prefill", "engine_decode", "engine_mixed", "engine_copy_page"}
-    assert set(core.compile_counts) == {"prefill[4x32]", "decode[4xkv128]", "mixed[4xkv128+4x32]",  # the largest
+    assert set(core.compile_counts) == {"prefill[4x32xkv128]", "decode[4xkv128]", "mixed[4xkv128+4x32xkv128]",  # the largest
                                         "copy_page"}
     assert len(jax.live_arrays()) == live
     compiled = lowered["engine_prefill"].compile()
