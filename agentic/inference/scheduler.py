@@ -23,8 +23,9 @@ Design (one scheduler step = weight swap, admit, prefill, one decode step):
   new ones runs their first prefill call and the decode step as one forward pass (decode rows
   and prefill rows in one ragged step, `engine_mixed`), and admits about `prefill_chunk`
   prompt tokens per step, so arrivals stall the running requests by about one chunk each step.
-* **Fixed shapes.** Prefill runs at (rows, tokens) buckets attending a page table of max_len
-  (longer prompts are prefilled in chunks), decode at a row bucket with a window of 64, 128,
+* **Fixed shapes.** Prefill runs at (rows, tokens) buckets attending the smallest window of
+  64, 128, ... max_len positions holding its rows (a max_len page table on the kernel path;
+  longer prompts are prefilled in chunks), decode at a row bucket with a window of 64, 128,
   ... max_len positions' pages. After every bucket has been seen nothing recompiles;
   `compile_counts` counts traces.
 * **Prefix reuse and sharing.** When a request ends its sequence stays cached (prompt +
@@ -184,7 +185,7 @@ class EngineCore:
             eos_token_ids = () if eos is None else (eos if isinstance(eos, (list, tuple)) else (eos,))
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
 
-        # the params as given / updated (`param_shardings`), and as served (`served_params`: with
+        # the params as given / updated (`param_shardings`), and as served (`served_shardings`: with
         # tensor parallelism beyond the KV heads, each KV head repeated so every device holds one)
         self.param_shardings = param_shardings(config, params, self.mesh)
         self.kv_repeat = kv_repeat(config, ec.tp_size)
