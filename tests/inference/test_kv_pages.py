@@ -158,7 +158,8 @@ def test_pallas_attention_path_matches_xla_path():
         positions[b, :n] = np.arange(s, s + n)
     positions = jnp.asarray(positions)
     mask = jnp.arange(W * ps)[None, None, :] <= positions[:, :, None]
-    xla = dm._xla_attention(q, kv[table].reshape(B, W * ps, KVH, 2, Dh), mask, reduce_attention=False)
+    g = kv[table].reshape(B, W * ps, KVH, 2, Dh)
+    xla = dm._xla_attention(q, g[..., 0, :], g[..., 1, :], mask, reduce_attention=False)
 
     def reference(q, kvp, kv_lens, table, cu, num, *, sm_scale):
         return rpa.ref_ragged_paged_attention(q, kvp, kv_lens, table, cu, num, sm_scale=sm_scale)

@@ -136,7 +136,8 @@ def test_pallas_ragged_call_over_decode_and_prefill_rows_matches_xla():
         used += B * W
         q = jnp.asarray(rng.standard_normal((B, T, H, Dh)), jnp.float32)
         mask = jnp.arange(W * ps)[None, None, :] <= jnp.asarray(pos)[:, :, None]
-        xla.append(dm._xla_attention(q, kv[table].reshape(B, W * ps, KVH, 2, Dh), mask, reduce_attention=False))
+        g = kv[table].reshape(B, W * ps, KVH, 2, Dh)
+        xla.append(dm._xla_attention(q, g[..., 0, :], g[..., 1, :], mask, reduce_attention=False))
         qs.append(q.reshape(B * T, H, Dh))
         tables.append(table)
 
