@@ -61,7 +61,7 @@ def _xla_attention(q, K, V, mask, reduce_attention):
         # broadcast products reduced over d, then s, with s before d as in a dense cache: XLA's CPU
         # backend fuses each into one pass over the gathered rows, where the batched einsums
         # (B x KVH tiny matmuls) run slower, and reducing over s in the pages' own [B, S, KVH]
-        # layout ran 1.4-1.8x slower (a per-layer micro-benchmark, SmolLM2 shapes, 16-64 rows)
+        # layout ran 1.4-1.8x slower (bench/decode_attention.py)
         qg = q.reshape(B, KVH, G, 1, Dh).astype(jnp.float32)
         Kt = K.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)  # [B, KVH, 1, S, Dh]
         scores = jnp.sum(qg * Kt, axis=-1) * (1.0 / math.sqrt(Dh))  # [B, KVH, G, S]
@@ -77,6 +77,18 @@ def _xla_attention(q, K, V, mask, reduce_attention):
     scores = jnp.where(mask[:, None, None], scores, NEG)
     probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
     return jnp.einsum("bkgts,bskd->btkgd", probs, V, preferred_element_type=jnp.float32).reshape(B, T, H, Dh)
+
+
+def gather_window(kv, layer, page_table):
+    """Layer `layer`'s keys and values of each row's window of pages (XLA path): two
+    [B, W * page_size, KVH, Dh] from the cache's "kv" [L, P, page_size, 2 * KVH, Dh] and page_table
+    [B, W]. Keys and values are gathered apart (not as interleaved pages split afterwards): on
+    CPU the split gather let decode steps run 1.1-1.6x slower (bench/decode_attention.py)."""
+    L, P, ps, two_kvh, Dh = kv.shape
+    B, W = page_table.shape
+    kv6 = kv.reshape(L, P, ps, two_kvh // 2, 2, Dh)
+    return (kv6[layer, page_table, :, :, 0].reshape(B, W * ps, two_kvh // 2, Dh),
+            kv6[layer, page_table, :, :, 1].reshape(B, W * ps, two_kvh // 2, Dh))
 
 
 def ragged_kernel(q, kv_pages, kv_lens, page_indices, cu_q_lens, num_seqs, *, sm_scale):
@@ -225,12 +237,9 @@ def ragged_forward(config: ModelConfig, params, cache, segments: Sequence[Segmen
             o = _pallas_ragged(qs, jax.lax.dynamic_index_in_dim(ckv, i, keepdims=False),
                                [s.positions for s in segments], [s.page_table for s in segments], mesh, kernel)
         else:  # per segment, layer i's keys and values of each row's window: [B, W * ps, KVH, Dh] each
-            kv6 = ckv.reshape(*ckv.shape[:3], KVH, 2, Dh)
             outs = []
             for s, (B, T), qi, mask in zip(segments, shapes, qs, masks, strict=True):
-                S = s.page_table.shape[1] * ps
-                K = kv6[i, s.page_table, :, :, 0].reshape(B, S, KVH, Dh)
-                V = kv6[i, s.page_table, :, :, 1].reshape(B, S, KVH, Dh)
+                K, V = gather_window(ckv, i, s.page_table)
                 red = s.reduce_attention and T == 1
                 outs.append(_xla_attention(qi.reshape(B, T, H, Dh), K, V, mask, red).reshape(B * T, H, Dh))
             o = jnp.concatenate(outs) if len(outs) > 1 else outs[0]
