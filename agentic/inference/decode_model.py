@@ -58,10 +58,10 @@ def _xla_attention(q, K, V, mask, reduce_attention):
     KVH = K.shape[2]
     G = H // KVH
     if reduce_attention and T == 1:
-        # broadcast products reduced over d, then s, with s before d as in a dense cache: XLA's CPU
-        # backend fuses each into one pass over the gathered rows, where the batched einsums
-        # (B x KVH tiny matmuls) run slower, and reducing over s in the pages' own [B, S, KVH]
-        # layout ran 1.4-1.8x slower (bench/decode_attention.py)
+        # broadcast products reduced over d, then s, in a dense cache's [B, KVH, S, Dh] order: XLA's
+        # CPU backend fuses each into one pass over the gathered rows, where the batched einsums
+        # (B x KVH tiny matmuls) run slower; reducing over s in the pages' own [B, S, KVH] layout
+        # (with one gather of interleaved pages) took 1.3-1.5x as long (bench/decode_attention.py)
         qg = q.reshape(B, KVH, G, 1, Dh).astype(jnp.float32)
         Kt = K.transpose(0, 2, 1, 3)[:, :, None].astype(jnp.float32)  # [B, KVH, 1, S, Dh]
         scores = jnp.sum(qg * Kt, axis=-1) * (1.0 / math.sqrt(Dh))  # [B, KVH, G, S]
@@ -82,8 +82,9 @@ def _xla_attention(q, K, V, mask, reduce_attention):
 def gather_window(kv, layer, page_table):
     """Layer `layer`'s keys and values of each row's window of pages (XLA path): two
     [B, W * page_size, KVH, Dh] from the cache's "kv" [L, P, page_size, 2 * KVH, Dh] and page_table
-    [B, W]. Keys and values are gathered apart (not as interleaved pages split afterwards): on
-    CPU the split gather let decode steps run 1.1-1.6x slower (bench/decode_attention.py)."""
+    [B, W]. Keys and values are gathered apart, not as interleaved pages split afterwards (on CPU
+    that form, with its reduction over s in the pages' layout, made decode attention 1.3-1.5x
+    slower: bench/decode_attention.py)."""
     L, P, ps, two_kvh, Dh = kv.shape
     B, W = page_table.shape
     kv6 = kv.reshape(L, P, ps, two_kvh // 2, 2, Dh)
