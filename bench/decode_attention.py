@@ -67,10 +67,8 @@ def main() -> None:
         return 1000 * float(np.median(ts))
 
     print(f"backend {jax.default_backend()}, {L} layers, {H} heads / {KVH} KV heads x {Dh}, f32, pages of {ps}")
-    for shape in args.shapes.split(","):
-        B, S = (int(x) for x in shape.split("x"))
-        if S % ps:
-            raise SystemExit(f"--shapes: window {S} is not a multiple of the page size {ps}")
+
+    def one_shape(B: int, S: int) -> str:
         W = S // ps
         P = max(B * W, 1024)
         kv = jnp.asarray(rng.standard_normal((L, P, ps, 2 * KVH, Dh)), jnp.float32)
@@ -82,7 +80,8 @@ def main() -> None:
         mask = (jnp.arange(S)[None, :] <= pos[:, None])[:, None]  # [B, 1, S]
 
         def layers(attend):
-            return jax.jit(lambda *a: jax.lax.fori_loop(0, L, lambda i, acc: acc + attend(i, *a), jnp.zeros((B, 1, H, Dh))))
+            zero = jnp.zeros((B, 1, H, Dh))
+            return jax.jit(lambda *a: jax.lax.fori_loop(0, L, lambda i, acc: acc + attend(i, *a), zero))
 
         dense = layers(lambda i, k, v: dm._xla_attention(q, k[i], v[i], mask, True))
         paged = layers(lambda i, kv: dm._xla_attention(q, *dm.gather_window(kv, i, table), mask, True))
@@ -93,8 +92,14 @@ def main() -> None:
         t_dense = timed(dense, k_dense, v_dense)
         t_paged = timed(paged, kv)
         t_old = timed(old, kv)
-        print(f"rows {B:3d} x window {S:5d}: dense {t_dense:8.1f} ms   paged {t_paged:8.1f} ms ({t_paged / t_dense:.2f}x)"
-              f"   paged_before {t_old:8.1f} ms ({t_old / t_dense:.2f}x)", flush=True)
+        return (f"rows {B:3d} x window {S:5d}: dense {t_dense:8.1f} ms   paged {t_paged:8.1f} ms "
+                f"({t_paged / t_dense:.2f}x)   paged_before {t_old:8.1f} ms ({t_old / t_dense:.2f}x)")
+
+    for shape in args.shapes.split(","):
+        B, S = (int(x) for x in shape.split("x"))
+        if S % ps:
+            raise SystemExit(f"--shapes: window {S} is not a multiple of the page size {ps}")
+        print(one_shape(B, S), flush=True)
 
 
 if __name__ == "__main__":
